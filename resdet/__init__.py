@@ -1,0 +1,12 @@
+"""resdet: the ResNet paper's backbones, classifiers and detectors as a toolkit."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from resdet.models import ModelInfo, create_model, list_models, model_info
+
+try:
+    __version__ = version("resdet")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["ModelInfo", "__version__", "create_model", "list_models", "model_info"]

@@ -1,0 +1,167 @@
+"""The ``resdet`` command line. Each command parses options, calls one library function, prints."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+import resdet
+
+app = typer.Typer(
+    help="ResNet backbones, classifiers and detectors (He et al. 2016) as a toolkit.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+weights_app = typer.Typer(
+    help="The local weight store ($RESDET_HOME/weights).", no_args_is_help=True
+)
+app.add_typer(weights_app, name="weights")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error a user can act on and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        console.print(f"resdet {resdet.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=version_callback, is_eager=True, help="Print the version."
+        ),
+    ] = False,
+) -> None:
+    """resdet: train and evaluate ResNet classifiers and Faster/Mask R-CNN detectors."""
+
+
+@app.command()
+def models(
+    pattern: Annotated[str, typer.Argument(help="Shell-style wildcard, e.g. 'cifar_*'.")] = "*",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List registered models with parameters, multiply-adds and stored weights."""
+    infos = [resdet.model_info(name) for name in resdet.list_models(pattern)]
+    if not infos:
+        raise fail(f"no model matches {pattern!r}; try `resdet models` for all of them")
+    if as_json:
+        rows = [
+            {
+                "name": i.name,
+                "family": i.family,
+                "depth": i.depth,
+                "block": i.block,
+                "residual": i.residual,
+                "shortcut": i.shortcut,
+                "params": i.params,
+                "macs": i.macs,
+                "input_size": i.input_size,
+                "weights": list(i.weights),
+            }
+            for i in infos
+        ]
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="resdet models (MACs: conv + fc, paper layout)")
+    for column in ("name", "family", "depth", "block", "shortcut", "params (M)", "GMACs", "input"):
+        table.add_column(column, justify="right" if column[0] in "dpGi" else "left")
+    table.add_column("weights")
+    for i in infos:
+        table.add_row(
+            i.name,
+            i.family,
+            str(i.depth),
+            i.block,
+            i.shortcut,
+            f"{i.params / 1e6:.2f}",
+            f"{i.macs / 1e9:.3f}",
+            f"{i.input_size}px",
+            ", ".join(i.weights) or "-",
+        )
+    console.print(table)
+
+
+@weights_app.command("list")
+def weights_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the weight store's entries."""
+    from resdet.models.weights import list_weights, store_root
+
+    entries = list_weights()
+    if as_json:
+        typer.echo(json.dumps([entry_json(e) for e in entries], indent=2))
+        return
+    table = Table(title=f"weights in {store_root()}")
+    for column in ("arch", "tag", "layout", "classes", "dataset", "metrics", "source", "date"):
+        table.add_column(column)
+    for e in entries:
+        metrics = ", ".join(f"{k}={v:.4g}" for k, v in e.metrics.items())
+        layout = f"{e.variant.shortcut}, stride in {'1x1' if e.variant.stride_in_1x1 else '3x3'}"
+        table.add_row(
+            e.arch, e.tag, layout, str(e.num_classes), e.dataset, metrics, e.source, e.date
+        )
+    console.print(table)
+
+
+def entry_json(entry: object) -> dict:
+    """A weight entry as JSON-ready data (its manifest plus tag and path)."""
+    import dataclasses
+
+    data = dataclasses.asdict(entry)  # type: ignore[call-overload]
+    data["path"] = str(data["path"])
+    return data
+
+
+@weights_app.command("import")
+def weights_import(
+    path: Annotated[Path, typer.Argument(help="A torchvision ResNet state dict (.pth).")],
+    arch: Annotated[str, typer.Option(help="Registered name, e.g. resnet50.")],
+    tag: Annotated[str, typer.Option(help="Name of the entry in the store.")],
+    fmt: Annotated[str, typer.Option("--format", help="Checkpoint format.")] = "torchvision",
+    dataset: Annotated[
+        str, typer.Option(help="Data set the weights were trained on.")
+    ] = "imagenet",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing entry.")] = False,
+) -> None:
+    """Convert a torchvision ResNet checkpoint into the weight store."""
+    from resdet.models.weights import import_torchvision
+
+    if fmt != "torchvision":
+        raise fail(f"--format {fmt!r} is not supported; the only format is 'torchvision'")
+    try:
+        entry = import_torchvision(path, arch, tag=tag, force=force, dataset=dataset)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        raise fail(str(error)) from None
+    console.print(f"imported {path} as {entry.arch}:{entry.tag} -> {entry.path}")
+
+
+@weights_app.command("export")
+def weights_export(
+    arch: Annotated[str, typer.Argument(help="Registered name, e.g. resnet50.")],
+    path: Annotated[Path, typer.Argument(help="Where to write the torchvision state dict.")],
+    tag: Annotated[str, typer.Option(help="Entry in the store (or a .safetensors path).")],
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Write a store entry as a state dict that torchvision's ResNet loads."""
+    from resdet.models.weights import export_torchvision
+
+    try:
+        export_torchvision(arch, tag, path, force=force)
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        raise fail(str(error)) from None
+    console.print(f"exported {arch}:{tag} -> {path}")

@@ -1,0 +1,1 @@
+"""Experiment configs and the functions that run them."""

@@ -1,0 +1,196 @@
+"""Residual and plain building blocks shared by the ImageNet and CIFAR families.
+
+Module names follow torchvision's ``resnet.py`` (``conv1``, ``bn1``, ..., ``downsample``) so that
+option-B state dicts load into torchvision's ResNet and back without renaming.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NormLayer = Callable[[int], nn.Module]
+Shortcut = Literal["A", "B", "C"]
+
+
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+
+
+class ZeroPadShortcut(nn.Module):
+    """Option A (paper section 3.3): identity with extra channels zero-padded, no parameters.
+
+    Subsamples by taking every ``stride``-th pixel, the parameter-free counterpart of a strided
+    1x1 projection. Input [B, C_in, H, W] -> [B, C_out, H/stride, W/stride].
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int) -> None:
+        super().__init__()
+        self.extra_channels = out_planes - in_planes
+        self.stride = stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))
+
+
+def make_shortcut(
+    in_planes: int, out_planes: int, stride: int, shortcut: Shortcut, norm_layer: NormLayer
+) -> nn.Module | None:
+    """The shortcut branch for a block, or None for the plain identity.
+
+    Option A pads with zeros where dimensions change, B projects only there, C projects always.
+    """
+    changes = stride != 1 or in_planes != out_planes
+    if shortcut == "C" or (shortcut == "B" and changes):
+        return nn.Sequential(conv1x1(in_planes, out_planes, stride), norm_layer(out_planes))
+    if shortcut == "A" and changes:
+        return ZeroPadShortcut(in_planes, out_planes, stride)
+    return None
+
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions (paper Fig. 2 left); ``residual=False`` makes the plain counterpart."""
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        *,
+        residual: bool,
+        shortcut: Shortcut,
+        norm_layer: NormLayer,
+        stride_in_1x1: bool = True,
+    ) -> None:
+        super().__init__()
+        del stride_in_1x1  # a basic block has no 1x1 conv; the keyword keeps one block signature
+        self.conv1 = conv3x3(in_planes, planes, stride)
+        self.bn1 = norm_layer(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = conv3x3(planes, planes)
+        self.bn2 = norm_layer(planes)
+        self.residual = residual
+        self.downsample = (
+            make_shortcut(in_planes, planes, stride, shortcut, norm_layer) if residual else None
+        )
+
+    def last_norm(self) -> nn.Module:
+        return self.bn2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.residual:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+class Bottleneck(nn.Module):
+    """1x1 reduce, 3x3, 1x1 expand by 4 (paper Fig. 5 right).
+
+    ``stride_in_1x1=True`` puts the stride on the first 1x1 conv as in the paper and the MSRA
+    release; False puts it on the 3x3 conv as torchvision does ("ResNet v1.5").
+    """
+
+    expansion = 4
+
+    def __init__(
+        self,
+        in_planes: int,
+        planes: int,
+        stride: int,
+        *,
+        residual: bool,
+        shortcut: Shortcut,
+        norm_layer: NormLayer,
+        stride_in_1x1: bool = True,
+    ) -> None:
+        super().__init__()
+        out_planes = planes * self.expansion
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = conv1x1(in_planes, planes, stride_1x1)
+        self.bn1 = norm_layer(planes)
+        self.conv2 = conv3x3(planes, planes, stride_3x3)
+        self.bn2 = norm_layer(planes)
+        self.conv3 = conv1x1(planes, out_planes)
+        self.bn3 = norm_layer(out_planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.residual = residual
+        self.downsample = (
+            make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer) if residual else None
+        )
+
+    def last_norm(self) -> nn.Module:
+        return self.bn3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.residual:
+            out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
+
+
+Block = type[BasicBlock] | type[Bottleneck]
+
+
+def make_stage(
+    block: Block,
+    in_planes: int,
+    planes: int,
+    depth: int,
+    stride: int,
+    *,
+    residual: bool,
+    shortcut: Shortcut,
+    norm_layer: NormLayer,
+    stride_in_1x1: bool,
+) -> nn.Sequential:
+    """``depth`` blocks; the first one changes width and applies ``stride``."""
+    layers = []
+    for i in range(depth):
+        layers.append(
+            block(
+                in_planes if i == 0 else planes * block.expansion,
+                planes,
+                stride if i == 0 else 1,
+                residual=residual,
+                shortcut=shortcut,
+                norm_layer=norm_layer,
+                stride_in_1x1=stride_in_1x1,
+            )
+        )
+    return nn.Sequential(*layers)
+
+
+def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
+    """He initialisation (paper section 3.4, fan-out as torchvision); BN scale 1, shift 0.
+
+    ``zero_init_residual`` starts each residual branch at zero (Goyal et al. 2017), so every
+    block begins as the identity.
+    """
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    if zero_init_residual:
+        for m in model.modules():
+            if isinstance(m, (BasicBlock, Bottleneck)) and m.residual:
+                norm = m.last_norm()
+                if isinstance(norm, nn.BatchNorm2d):
+                    nn.init.zeros_(norm.weight)

@@ -1,0 +1,104 @@
+"""ImageNet ResNets and their plain counterparts (paper Table 1)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from resdet.models.blocks import (
+    BasicBlock,
+    Block,
+    Bottleneck,
+    NormLayer,
+    Shortcut,
+    init_weights,
+    make_stage,
+)
+
+
+@dataclass(frozen=True)
+class StackSpec:
+    """One row of paper Table 1: the block type and the number of blocks per stage."""
+
+    block: Block
+    stages: tuple[int, ...]
+
+
+IMAGENET_SPECS: dict[int, StackSpec] = {
+    18: StackSpec(BasicBlock, (2, 2, 2, 2)),
+    34: StackSpec(BasicBlock, (3, 4, 6, 3)),
+    50: StackSpec(Bottleneck, (3, 4, 6, 3)),
+    101: StackSpec(Bottleneck, (3, 4, 23, 3)),
+    152: StackSpec(Bottleneck, (3, 8, 36, 3)),
+}
+
+
+class ResNet(nn.Module):
+    """ImageNet ResNet (``residual=True``) or plain net of paper Table 1.
+
+    Input [B, 3, H, W] (224x224 in the paper) -> logits [B, num_classes]. Stage outputs
+    ``res2``..``res5`` have strides 4/8/16/32 and 64/128/256/512 x expansion channels.
+    """
+
+    def __init__(
+        self,
+        spec: StackSpec,
+        *,
+        num_classes: int = 1000,
+        residual: bool = True,
+        shortcut: Shortcut = "B",
+        stride_in_1x1: bool = True,
+        zero_init_residual: bool = False,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = norm_layer(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        in_planes = 64
+        self.feature_info: dict[str, tuple[int, int]] = {}
+        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), spec.stages, strict=True)):
+            stage = make_stage(
+                spec.block,
+                in_planes,
+                planes,
+                depth,
+                stride=1 if i == 0 else 2,
+                residual=residual,
+                shortcut=shortcut,
+                norm_layer=norm_layer,
+                stride_in_1x1=stride_in_1x1,
+            )
+            self.add_module(f"layer{i + 1}", stage)
+            in_planes = planes * spec.block.expansion
+            self.feature_info[f"res{i + 2}"] = (in_planes, 4 * 2**i)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        init_weights(self, zero_init_residual)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [self.layer1, self.layer2, self.layer3, self.layer4]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """conv1 + BN + ReLU + max pool: [B, 3, H, W] -> [B, 64, H/4, W/4]."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def forward_features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """Stage outputs ``res2``..``res5`` ([B, C_k, H/s_k, W/s_k], see ``feature_info``)."""
+        features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        x = self.stem(x)
+        for name, stage in zip(self.feature_info, self.stages, strict=True):
+            x = stage(x)
+            features[name] = x
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))
