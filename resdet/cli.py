@@ -76,10 +76,9 @@ def models(
         ]
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title="resdet models (MACs: conv + fc, paper layout)")
-    for column in ("name", "family", "depth", "block", "shortcut", "params (M)", "GMACs", "input"):
-        table.add_column(column, justify="right" if column[0] in "dpGi" else "left")
-    table.add_column("weights")
+    table = Table(title="resdet models (MACs: conv + fc at 224px, CIFAR nets at 32px)")
+    for column in ("name", "family", "depth", "block", "shortcut", "params", "GMACs", "weights"):
+        table.add_column(column, no_wrap=True, justify="right" if column[0] in "dpG" else "left")
     for i in infos:
         table.add_row(
             i.name,
@@ -87,9 +86,8 @@ def models(
             str(i.depth),
             i.block,
             i.shortcut,
-            f"{i.params / 1e6:.2f}",
+            f"{i.params / 1e6:.2f}M",
             f"{i.macs / 1e9:.3f}",
-            f"{i.input_size}px",
             ", ".join(i.weights) or "-",
         )
     console.print(table)
