@@ -1,6 +1,10 @@
 """resdet: the ResNet paper's backbones, classifiers and detectors as a toolkit."""
 
+import os
 from importlib.metadata import PackageNotFoundError, version
+
+# albumentations asks PyPI for a newer release when imported; resdet never touches the network.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from resdet.models import ModelInfo, create_model, list_models, model_info
 
