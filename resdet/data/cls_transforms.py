@@ -1,0 +1,184 @@
+"""Classification transforms on numpy HWC images (uint8 or float32, RGB), shared by the datasets.
+
+Every random transform takes an explicit ``np.random.Generator`` so that a sample's augmentation
+depends only on its seed (docs/contracts.md). Images stay ``[H, W, C]`` numpy arrays until
+``to_chw_tensor`` turns them into the ``[C, H, W]`` float32 tensors the models take.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+# Per-channel RGB mean and std of ImageNet training images in [0, 1] units, as used by
+# fb.resnet.torch (datasets/imagenet.lua, "computed from random subset of ImageNet training
+# images") and torchvision, whose weights expect exactly this normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# AlexNet-style PCA lighting: eigenvalues and eigenvectors (columns, RGB rows) of the covariance of
+# ImageNet RGB pixels in [0, 1] units, copied from fb.resnet.torch datasets/imagenet.lua (`pca`).
+IMAGENET_EIGVAL = np.array([0.2175, 0.0188, 0.0045], dtype=np.float32)
+IMAGENET_EIGVEC = np.array(
+    [
+        [-0.5675, 0.7192, 0.4009],
+        [-0.5808, -0.0045, -0.8140],
+        [-0.5836, -0.6948, 0.4203],
+    ],
+    dtype=np.float32,
+)
+
+
+def parse_key(key: int | tuple[int, int], length: int) -> tuple[int, np.random.Generator]:
+    """Split a dataset key into an index in ``[0, length)`` and the sample's generator.
+
+    ``key`` is an int index (negative counts from the end) or an ``(index, seed)`` pair. With a
+    seed the generator is ``np.random.default_rng(seed)``; without one it is seeded from fresh OS
+    entropy, so DataLoader workers never repeat each other's augmentation.
+    """
+    if isinstance(key, tuple | list):
+        if len(key) != 2:
+            raise TypeError(f"a dataset key is an int or an (index, seed) pair, got {key!r}")
+        index, rng = int(key[0]), np.random.default_rng(int(key[1]))
+    else:
+        index, rng = int(key), np.random.default_rng()
+    if not -length <= index < length:
+        raise IndexError(f"index {index} is out of range for a dataset of {length} samples")
+    return index % length, rng
+
+
+def pad_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:
+    """Zero-pad ``pad`` pixels on each side, take a random crop of the original size, maybe flip.
+
+    The CIFAR augmentation of the paper (section 4.2). ``image`` is ``[H, W, C]`` of any dtype;
+    the result has the same shape and dtype. The crop offset is drawn first, then (only when
+    ``flip``) a fair coin decides a horizontal flip.
+    """
+    h, w = image.shape[:2]
+    dy, dx = (int(v) - pad for v in rng.integers(0, 2 * pad + 1, size=2))
+    out = np.zeros_like(image)
+    # Copy only the overlap of the shifted image and the output instead of building the padded
+    # array: this is the whole cost of the CIFAR pipeline.
+    out[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = image[
+        max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)
+    ]
+    if flip and rng.random() < 0.5:
+        out = out[:, ::-1]
+    return out
+
+
+def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
+    """Resize ``[H, W, C]`` so that its shorter side is ``size`` pixels, keeping the aspect ratio.
+
+    The longer side becomes ``int(size * long / short)`` as in torchvision's ``Resize(size)``.
+    Shrinking uses area averaging (cv2.INTER_AREA, which avoids the aliasing that plain bilinear
+    sampling gives, like the antialiased resize of torchvision/PIL); enlarging uses bilinear.
+    """
+    h, w = image.shape[:2]
+    short, long = min(h, w), max(h, w)
+    if short == size:
+        return image
+    new_long = int(size * long / short)
+    new_h, new_w = (size, new_long) if h <= w else (new_long, size)
+    interpolation = cv2.INTER_AREA if size < short else cv2.INTER_LINEAR
+    return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def random_resize_short_side(
+    image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int]
+) -> np.ndarray:
+    """Scale augmentation (paper section 3.4): shorter side to a uniform integer in ``scale``.
+
+    ``scale = (low, high)`` is inclusive at both ends, e.g. ``(256, 480)``.
+    """
+    return resize_short_side(image, int(rng.integers(scale[0], scale[1] + 1)))
+
+
+def random_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """A ``size x size`` crop of ``[H, W, C]`` at a uniform random position (needs H, W >= size)."""
+    h, w = image.shape[:2]
+    top = int(rng.integers(0, h - size + 1))
+    left = int(rng.integers(0, w - size + 1))
+    return image[top : top + size, left : left + size]
+
+
+def random_hflip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flip ``[H, W, C]`` left-right with probability 0.5."""
+    return image[:, ::-1] if rng.random() < 0.5 else image
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The central ``size x size`` crop of ``[H, W, C]``.
+
+    The offset is ``round((H - size) / 2)`` as in torchvision's ``center_crop``.
+    """
+    h, w = image.shape[:2]
+    top = int(round((h - size) / 2.0))
+    left = int(round((w - size) / 2.0))
+    return image[top : top + size, left : left + size]
+
+
+def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """The 10-crop test views (paper section 3.4) of ``[H, W, C]`` as one ``[10, C, size, size]``.
+
+    In torchvision's ``TenCrop`` order: top-left, top-right, bottom-left, bottom-right and centre
+    crops of ``image``, then the same five crops of its left-right mirror (so view 5 is the
+    mirror of view 1, not of view 0).
+    """
+    # Transposing and mirroring the whole image once makes every crop a block of contiguous rows:
+    # stacking strided HWC views costs twice as much.
+    chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+    h, w = chw.shape[1:]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return np.stack(
+        [
+            view
+            for img in (chw, np.ascontiguousarray(chw[:, :, ::-1]))
+            for view in (
+                img[:, :size, :size],
+                img[:, :size, w - size :],
+                img[:, h - size :, :size],
+                img[:, h - size :, w - size :],
+                img[:, top : top + size, left : left + size],
+            )
+        ]
+    )
+
+
+def lighting(image: np.ndarray, rng: np.random.Generator, alphastd: float = 0.1) -> np.ndarray:
+    """AlexNet PCA lighting noise on a float32 RGB ``[H, W, 3]`` image in [0, 1] units.
+
+    Adds ``eigvec @ (alpha * eigval)`` to every pixel, ``alpha ~ N(0, alphastd^2)`` per
+    component, exactly as fb.resnet.torch's ``Lighting(0.1, pca.eigval, pca.eigvec)``.
+    """
+    alpha = rng.normal(0.0, alphastd, size=3).astype(np.float32)
+    return image + IMAGENET_EIGVEC @ (alpha * IMAGENET_EIGVAL)
+
+
+def to_unit_float(image: np.ndarray) -> np.ndarray:
+    """uint8 ``[H, W, C]`` -> float32 in [0, 1]."""
+    return image.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def normalize(
+    image: np.ndarray,
+    mean: tuple[float, float, float] = IMAGENET_MEAN,
+    std: tuple[float, float, float] = IMAGENET_STD,
+) -> np.ndarray:
+    """Per-channel ``(x - mean) / std`` of a float32 RGB ``[H, W, 3]`` image in [0, 1] units."""
+    return (image - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+
+
+def subtract_mean_image(image: np.ndarray, mean_image: np.ndarray) -> np.ndarray:
+    """Per-pixel mean subtraction (paper section 4.2): ``(x - mean_image) / 255``, float32.
+
+    ``image`` is uint8 ``[H, W, C]``; ``mean_image`` is the float32 ``[H, W, C]`` mean of the
+    training images in 0..255 units. Dividing by 255 only sets the unit: inputs lie in [-1, 1].
+    """
+    return (image.astype(np.float32) - mean_image) * np.float32(1.0 / 255.0)
+
+
+def to_chw_tensor(image: np.ndarray) -> torch.Tensor:
+    """float32 ``[H, W, C]`` numpy -> contiguous ``[C, H, W]`` tensor."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))

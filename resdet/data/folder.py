@@ -1,0 +1,311 @@
+"""Class-subfolder image sets (ImageNet and user folders) and the classification dataset builder."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import warnings
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from resdet.data.cifar import Cifar10
+from resdet.data.cls_transforms import (
+    center_crop,
+    lighting,
+    normalize,
+    parse_key,
+    random_crop,
+    random_hflip,
+    random_resize_short_side,
+    resize_short_side,
+    ten_crop,
+    to_chw_tensor,
+    to_unit_float,
+)
+from resdet.data.digits import Digits
+
+# torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+IMAGENET_CLASSES = 1000
+IMAGENET_LAYOUT = (
+    "ImageNet is expected as ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (1000 class "
+    "folders each; the 50,000 val images re-arranged into class folders, e.g. with the standard "
+    "valprep.sh script)"
+)
+DATASET_NAMES = ("cifar10", "imagenet", "digits", "folder:PATH")
+DEFAULT_ROOTS = {"cifar10": Path("datasets/cifar10"), "imagenet": Path("datasets/imagenet")}
+
+
+def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
+    """(class names, image paths relative to ``root``, labels) of ``root/<class>/**/<image>``.
+
+    Classes are the sorted subfolder names (label = position, as in torchvision's ImageFolder);
+    images are the files with an ``IMAGE_EXTENSIONS`` suffix (any case), sorted per class.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"image folder {root} does not exist; expected {root}/<class>/<image> files"
+        )
+    classes = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not classes:
+        raise FileNotFoundError(
+            f"image folder {root} has no class subfolders; put each class's images in "
+            f"{root}/<class name>/"
+        )
+    paths: list[str] = []
+    labels: list[int] = []
+    empty = []
+    for label, name in enumerate(classes):
+        found = []
+        for folder, _, files in os.walk(root / name, followlinks=True):
+            # relpath once per folder, not per file: ImageNet has 1.28M files in 1000 folders.
+            prefix = os.path.relpath(folder, root)
+            found += [
+                os.path.join(prefix, f) for f in files if f.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        found.sort()
+        if not found:
+            empty.append(name)
+        paths += found
+        labels += [label] * len(found)
+    if empty:
+        shown = ", ".join(empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise FileNotFoundError(
+            f"{len(empty)} class folder(s) in {root} hold no images ({shown}); accepted "
+            f"extensions: {' '.join(IMAGE_EXTENSIONS)}; remove the empty folders"
+        )
+    return classes, paths, labels
+
+
+class ImageFolderDataset(Dataset):
+    """Images in ``root/<class>/...`` as ``(image float32 [3, crop, crop], label int)`` samples.
+
+    ``train=True`` is the paper's ImageNet augmentation (section 3.4): shorter side resized to a
+    random integer in ``train_scale`` (inclusive), a random ``crop x crop`` crop, a left-right flip
+    with probability 0.5 and AlexNet PCA lighting noise with std ``lighting_std`` (0 disables it).
+    ``train=False``: shorter side resized to ``test_size`` and the centre ``crop x crop`` crop, or
+    with ``ten_crop`` the 10 views of ``cls_transforms.ten_crop`` as ``[10, 3, crop, crop]``.
+
+    Normalisation is per channel with ImageNet's mean/std (``cls_transforms.IMAGENET_MEAN/STD``)
+    rather than the paper's per-pixel mean image: under scale augmentation a pixel position has no
+    fixed meaning, and torchvision's weights expect this normalisation.
+
+    Images are decoded with OpenCV (``cv2.imdecode``). A file that cannot be read or decoded
+    (missing, unreadable, truncated, not an image) is reported with a warning naming it, counted
+    in ``skipped`` and replaced by the next index that decodes (with that image's own label and
+    the same seed), so one bad file never stops a long run. ``skipped`` counts in the process
+    that loads: with DataLoader workers each worker has its own copy and the main process's
+    stays 0.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        train: bool,
+        ten_crop: bool = False,
+        train_scale: tuple[int, int] = (256, 480),
+        crop: int = 224,
+        test_size: int = 256,
+        lighting_std: float = 0.1,
+    ) -> None:
+        if train and ten_crop:
+            raise ValueError("ten_crop is a test-time view; use it with train=False")
+        if not crop <= train_scale[0] <= train_scale[1]:
+            raise ValueError(
+                f"need crop <= train_scale[0] <= train_scale[1], got {crop}, {train_scale}"
+            )
+        if crop > test_size:
+            raise ValueError(f"crop {crop} must not exceed test_size {test_size}")
+        self.root = Path(root)
+        self.class_names, paths, labels = scan_class_folders(self.root)
+        self.num_classes = len(self.class_names)
+        # One fixed-width bytes array instead of a list of str: DataLoader workers touching
+        # millions of Python objects would copy the parent's pages (copy-on-write) per worker.
+        self.paths = np.array([os.fsencode(p) for p in paths])
+        self.labels = np.array(labels, dtype=np.int64)
+        self.train = train
+        self.ten_crop = ten_crop
+        self.train_scale = train_scale
+        self.crop = crop
+        self.test_size = test_size
+        self.lighting_std = lighting_std
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def path(self, index: int) -> Path:
+        """The file of sample ``index``."""
+        return self.root / os.fsdecode(self.paths[index])
+
+    def read_rgb(self, index: int) -> np.ndarray | None:
+        """Sample ``index`` decoded to uint8 RGB ``[H, W, 3]``; None (and a warning) if it fails."""
+        path = self.path(index)
+        try:
+            # imdecode of the bytes, not imread: measured with OpenCV 5.0, imread fills the missing
+            # part of a truncated JPEG with grey and returns it, imdecode rejects it.
+            bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
+        except OSError:
+            bgr = None
+        if bgr is None:
+            self.skipped += 1
+            warnings.warn(
+                f"skipping unreadable or truncated image {path}; using the next image instead "
+                "(replace or delete the file)",
+                stacklevel=2,
+            )
+            return None
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key`` is an index or ``(index, seed)``.
+
+        Returns (float32 ``[3, crop, crop]`` or ``[10, 3, crop, crop]`` with ten_crop, label).
+        """
+        index, rng = parse_key(key, len(self))
+        for step in range(len(self)):
+            candidate = (index + step) % len(self)
+            image = self.read_rgb(candidate)
+            if image is not None:
+                return self.transform(image, rng), int(self.labels[candidate])
+        raise RuntimeError(f"no image under {self.root} could be decoded")
+
+    def transform(self, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, crop, crop]``, or ``[10, 3, crop, crop]``."""
+        if self.train:
+            image = random_resize_short_side(image, rng, self.train_scale)
+            image = random_hflip(random_crop(image, rng, self.crop), rng)
+            unit = to_unit_float(image)
+            if self.lighting_std > 0:
+                unit = lighting(unit, rng, self.lighting_std)
+            return to_chw_tensor(normalize(unit))
+        image = resize_short_side(image, self.test_size)
+        if self.ten_crop:
+            return torch.from_numpy(ten_crop(normalize(to_unit_float(image)), self.crop))
+        return to_chw_tensor(normalize(to_unit_float(center_crop(image, self.crop))))
+
+
+def _split_folder(root: Path, split: str, layout: str) -> Path:
+    """``root/split``, checked to hold class subfolders rather than loose images."""
+    if not root.is_dir():
+        raise FileNotFoundError(f"dataset folder {root} does not exist. {layout}")
+    folder = root / split
+    if not folder.is_dir():
+        found = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+        raise FileNotFoundError(f"{folder} does not exist (subfolders: {found}). {layout}")
+    with os.scandir(folder) as entries:
+        loose = any(e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS) for e in entries)
+    if loose:
+        raise ValueError(f"{folder} holds images directly instead of class subfolders. {layout}")
+    return folder
+
+
+def build_imagenet(
+    root: str | Path,
+    split: str,
+    *,
+    train: bool | None = None,
+    ten_crop: bool = False,
+    train_scale: tuple[int, int] = (256, 480),
+    crop: int = 224,
+    test_size: int = 256,
+    lighting_std: float = 0.1,
+) -> ImageFolderDataset:
+    """The ImageNet ``split`` ("train" or "val") of ``root`` as an ``ImageFolderDataset``.
+
+    ``train`` (augmentation) defaults to ``split == "train"``. Checks the layout of
+    ``IMAGENET_LAYOUT`` and names it in errors; a class count other than 1000 (a subset) only
+    warns.
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"ImageNet split {split!r} is not one of train, val")
+    folder = _split_folder(Path(root), split, IMAGENET_LAYOUT)
+    dataset = ImageFolderDataset(
+        folder,
+        train=split == "train" if train is None else train,
+        ten_crop=ten_crop,
+        train_scale=train_scale,
+        crop=crop,
+        test_size=test_size,
+        lighting_std=lighting_std,
+    )
+    if dataset.num_classes != IMAGENET_CLASSES:
+        warnings.warn(
+            f"{folder} has {dataset.num_classes} class folders, ImageNet has {IMAGENET_CLASSES}; "
+            "continuing with a subset",
+            stacklevel=2,
+        )
+    return dataset
+
+
+def build_cls_dataset(
+    name: str,
+    root: str | Path | None,
+    split: str,
+    *,
+    train: bool,
+    ten_crop: bool = False,
+    val_size: int = 0,
+    train_scale: tuple[int, int] = (256, 480),
+    crop: int = 224,
+    test_size: int = 256,
+    lighting_std: float = 0.1,
+    download: bool = False,
+) -> Dataset:
+    """A classification dataset by name: ``cifar10``, ``imagenet``, ``digits`` or ``folder:PATH``.
+
+    ``root`` is the dataset folder (None: ``datasets/cifar10`` or ``datasets/imagenet``; ignored by
+    digits and folder:PATH, whose folder is PATH). ``split`` is cifar10's train/val/test,
+    imagenet's train/val, digits' train/test or any subfolder of PATH (``PATH/<split>/<class>/*``).
+    ``train`` switches augmentation on. ``ten_crop``, ``train_scale``, ``crop``, ``test_size`` and
+    ``lighting_std`` (AlexNet PCA lighting, 0 disables) apply to imagenet and folder sets, ``val_size`` and ``download`` to cifar10.
+    Every dataset has ``num_classes`` and ``class_names`` and yields ``(float32 [3, H, W], label)``.
+    """
+    if name in ("cifar10", "digits") and ten_crop:
+        raise ValueError(f"{name} is tested on the single original 32x32 view; drop ten_crop")
+    if val_size and name != "cifar10":
+        raise ValueError(f"val_size applies to cifar10 only, not {name}")
+    if download and name != "cifar10":
+        raise ValueError(
+            f"only cifar10 can be downloaded; {name} must be put in place by hand"
+            + (f". {IMAGENET_LAYOUT}" if name == "imagenet" else "")
+        )
+    if name == "cifar10":
+        return Cifar10(
+            root or DEFAULT_ROOTS[name], split, augment=train, val_size=val_size, download=download
+        )
+    if name == "digits":
+        return Digits(split, augment=train)
+    if name == "imagenet":
+        return build_imagenet(
+            root or DEFAULT_ROOTS[name],
+            split,
+            train=train,
+            ten_crop=ten_crop,
+            train_scale=train_scale,
+            crop=crop,
+            test_size=test_size,
+            lighting_std=lighting_std,
+        )
+    if name.startswith("folder:") and len(name) > len("folder:"):
+        path = Path(name[len("folder:") :])
+        layout = f"expected {path}/{split}/<class>/<image> files"
+        return ImageFolderDataset(
+            _split_folder(path, split, layout),
+            train=train,
+            ten_crop=ten_crop,
+            train_scale=train_scale,
+            crop=crop,
+            test_size=test_size,
+            lighting_std=lighting_std,
+        )
+    close = difflib.get_close_matches(name, DATASET_NAMES, n=2, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ValueError(
+        f"unknown classification dataset {name!r}{hint}; valid names: {', '.join(DATASET_NAMES)}"
+    )

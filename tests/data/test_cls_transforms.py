@@ -1,0 +1,130 @@
+"""Tests of resdet.data.cls_transforms against hand-computed slices and torchvision."""
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from resdet.data import cls_transforms as T
+
+
+def hwc_to_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+
+
+def test_parse_key_index_seed_and_range():
+    index, rng = T.parse_key((3, 7), 10)
+    assert index == 3
+    assert rng.random() == np.random.default_rng(7).random()
+    assert T.parse_key(-1, 10)[0] == 9
+    assert T.parse_key([2, 5], 10)[0] == 2
+    with pytest.raises(IndexError, match="index 10 is out of range"):
+        T.parse_key(10, 10)
+    with pytest.raises(TypeError, match=r"\(index, seed\)"):
+        T.parse_key((1, 2, 3), 10)
+
+
+def test_pad_crop_flip_equals_a_slice_of_the_zero_padded_image():
+    image = np.random.default_rng(0).integers(1, 256, size=(32, 32, 3)).astype(np.float32)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    flips = set()
+    for seed in range(40):
+        out = T.pad_crop_flip(image, np.random.default_rng(seed), pad=4, flip=True)
+        # The same draws, in the documented order: offset (y, x), then the coin.
+        rng = np.random.default_rng(seed)
+        y, x = rng.integers(0, 9, size=2)
+        expected = padded[y : y + 32, x : x + 32]
+        flipped = rng.random() < 0.5
+        flips.add(flipped)
+        np.testing.assert_array_equal(out, expected[:, ::-1] if flipped else expected)
+    assert flips == {True, False}
+
+
+def test_pad_crop_without_flip_never_mirrors():
+    image = np.arange(8 * 8 * 1, dtype=np.float32).reshape(8, 8, 1) + 1
+    for seed in range(20):
+        out = T.pad_crop_flip(image, np.random.default_rng(seed), pad=2, flip=False)
+        # Values grow left to right in every row of the source; only a mirror would reverse them.
+        rows = [r[r > 0] for r in out[..., 0]]
+        assert all(np.all(np.diff(r) > 0) for r in rows if r.size)
+
+
+def test_ten_crop_matches_hand_slices_and_torchvision():
+    image = np.random.default_rng(1).integers(0, 256, size=(37, 50, 3)).astype(np.uint8)
+    views = T.ten_crop(image, 20)
+    assert views.shape == (10, 3, 20, 20) and views.flags.c_contiguous
+
+    def hwc(i: int) -> np.ndarray:
+        return views[i].transpose(1, 2, 0)
+
+    np.testing.assert_array_equal(hwc(0), image[0:20, 0:20])
+    # Centre offsets as torchvision's center_crop computes them: round(17 / 2) = 8 (Python
+    # rounds halves to even) and round(30 / 2) = 15.
+    np.testing.assert_array_equal(hwc(4), image[8:28, 15:35])
+    # View 5 is the top-left crop of the mirror, i.e. the mirrored top-right crop.
+    np.testing.assert_array_equal(hwc(5), image[0:20, 30:50][:, ::-1])
+    reference = TF.ten_crop(hwc_to_tensor(image), [20, 20])
+    for ours, theirs in zip(views, reference, strict=True):
+        np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+@pytest.mark.parametrize("shape", [(37, 50), (50, 37), (64, 64)])
+def test_center_crop_matches_torchvision(shape):
+    image = np.random.default_rng(2).integers(0, 256, size=(*shape, 3)).astype(np.uint8)
+    ours = T.center_crop(image, 21)
+    theirs = TF.center_crop(hwc_to_tensor(image), [21, 21]).numpy().transpose(1, 2, 0)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (500, 375), (100, 150), (256, 300)])
+def test_resize_short_side_has_torchvisions_output_size(shape):
+    image = np.zeros((*shape, 3), dtype=np.uint8)
+    out = T.resize_short_side(image, 256)
+    expected = TF.resize(hwc_to_tensor(image), [256]).shape[1:]
+    assert out.shape == (*expected, 3)
+
+
+def test_resize_keeps_a_constant_image_constant():
+    image = np.full((60, 90, 3), (10, 120, 250), dtype=np.uint8)
+    for size in (30, 120):  # area shrink and bilinear enlarge
+        out = T.resize_short_side(image, size)
+        assert (out == np.array([10, 120, 250], dtype=np.uint8)).all()
+
+
+def test_random_resize_short_side_stays_in_the_range():
+    image = np.zeros((30, 40, 3), dtype=np.uint8)
+    sizes = {
+        min(T.random_resize_short_side(image, np.random.default_rng(s), (32, 35)).shape[:2])
+        for s in range(40)
+    }
+    assert sizes == {32, 33, 34, 35}
+
+
+def test_lighting_adds_the_pca_offset_of_fb_resnet_torch():
+    image = np.full((4, 5, 3), 0.5, dtype=np.float32)
+    out = T.lighting(image, np.random.default_rng(3), alphastd=0.1)
+    alpha = np.random.default_rng(3).normal(0.0, 0.1, size=3)
+    # fb.resnet.torch transforms.lua Lighting: rgb[i] = sum_j eigvec[i][j] * alpha[j] * eigval[j]
+    rgb = [
+        sum(T.IMAGENET_EIGVEC[i, j] * alpha[j] * T.IMAGENET_EIGVAL[j] for j in range(3))
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(out - image, np.broadcast_to(rgb, out.shape), atol=1e-6)
+
+
+def test_normalize_and_mean_image_units():
+    image = np.full((2, 2, 3), 255, dtype=np.uint8)
+    unit = T.to_unit_float(image)
+    assert unit.dtype == np.float32 and np.all(unit == 1.0)
+    out = T.normalize(unit)
+    np.testing.assert_allclose(
+        out[0, 0], (1 - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD), rtol=1e-6
+    )
+    mean = np.full((2, 2, 3), 100.0, dtype=np.float32)
+    np.testing.assert_allclose(T.subtract_mean_image(image, mean), 155.0 / 255.0, rtol=1e-6)
+
+
+def test_to_chw_tensor_copies_to_a_contiguous_layout():
+    image = np.arange(5 * 6 * 3, dtype=np.float32).reshape(5, 6, 3)
+    chw = T.to_chw_tensor(image[:, ::-1])
+    assert chw.shape == (3, 5, 6) and chw.is_contiguous() and chw[2, 0, 0] == image[0, 5, 2]
