@@ -1,0 +1,44 @@
+"""Evaluators: COCO (pycocotools-exact), PASCAL VOC (devkit rules) and classification top-k."""
+
+from resdet.evaluation.classification import ClassificationEvaluator, TenCrop
+from resdet.evaluation.coco import (
+    STAT_NAMES,
+    CocoEvaluator,
+    CocoResult,
+    evaluate_coco,
+    gather_per_image,
+    save_results,
+)
+from resdet.evaluation.tables import coco_table, per_class_table, voc_table
+from resdet.evaluation.voc import (
+    VocDetection,
+    VocEvaluator,
+    VocObject,
+    VocResult,
+    evaluate_voc,
+    read_voc_results,
+    voc_ap,
+    write_voc_results,
+)
+
+__all__ = [
+    "STAT_NAMES",
+    "ClassificationEvaluator",
+    "CocoEvaluator",
+    "CocoResult",
+    "TenCrop",
+    "VocDetection",
+    "VocEvaluator",
+    "VocObject",
+    "VocResult",
+    "coco_table",
+    "evaluate_coco",
+    "evaluate_voc",
+    "gather_per_image",
+    "per_class_table",
+    "read_voc_results",
+    "save_results",
+    "voc_ap",
+    "voc_table",
+    "write_voc_results",
+]
