@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 import resdet
+from resdet import cli_eval, cli_train
+from resdet.cli_common import console, fail
 
 app = typer.Typer(
     help="ResNet backbones, classifiers and detectors (He et al. 2016) as a toolkit.",
@@ -21,14 +22,11 @@ weights_app = typer.Typer(
     help="The local weight store ($RESDET_HOME/weights).", no_args_is_help=True
 )
 app.add_typer(weights_app, name="weights")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print an error a user can act on and return the exit to raise."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
-    return typer.Exit(code)
+app.command("train-cls")(cli_train.train_cls)
+app.command("train-det")(cli_train.train_det)
+app.command("predict")(cli_eval.predict)
+app.command("eval")(cli_eval.evaluate)
+app.command("plot")(cli_eval.plot)
 
 
 def version_callback(value: bool) -> None:

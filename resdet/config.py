@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -22,15 +23,22 @@ class ConfigError(ValueError):
     """A config file or override that cannot be turned into the experiment's dataclass."""
 
 
-def load_config(cls: type[C], path: Path | None = None, overrides: list[str] = ()) -> C:  # type: ignore[assignment]
-    """Build ``cls`` from its defaults, the YAML file at ``path`` and ``key.sub=value`` overrides.
+def load_config(
+    cls: type[C],
+    path: Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    start: dict[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from its defaults, ``start`` values, the YAML file at ``path`` and overrides.
 
     A file may name one parent file with ``base: other.yaml`` (relative to itself); the
-    parent's values are applied first. Later sources win.
+    parent's values are applied first. Overrides look like ``key.sub=value``, the value read as
+    YAML. Later sources win; ``start`` serves to continue a saved run's configuration.
     """
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(start or {})
     if path is not None:
-        values = _read_with_base(Path(path))
+        values = _merge(values, _read_with_base(Path(path)))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:

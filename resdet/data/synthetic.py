@@ -109,3 +109,63 @@ def write_tiny_voc(
         for split, split_names in splits.items():
             (base / "ImageSets" / "Main" / f"{split}.txt").write_text("\n".join(split_names) + "\n")
     return devkit
+
+
+CIFAR_NAMES = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+
+def write_tiny_cifar10(
+    root: str | Path, per_batch: int = 10, n_test: int = 10, *, seed: int = 0
+) -> Path:
+    """Write ``root/cifar-10-batches-py`` in the real python format (REFERENCE.md section 4).
+
+    Five training batches of ``per_batch`` random images and a test batch of ``n_test``, each a
+    protocol-2 pickle of ``{b"data": uint8 [N, 3072], b"labels": [...]}``. Returns ``root``.
+    """
+    import pickle
+
+    rng = np.random.default_rng(seed)
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def dump(name: str, entry: dict) -> None:
+        with open(folder / name, "wb") as f:
+            pickle.dump({k.encode(): v for k, v in entry.items()}, f, protocol=2)
+
+    for i in range(1, 6):
+        data = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
+        dump(f"data_batch_{i}", {"data": data, "labels": labels})
+    test = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
+    dump("test_batch", {"data": test, "labels": [int(v) for v in rng.integers(0, 10, n_test)]})
+    dump("batches.meta", {"label_names": list(CIFAR_NAMES)})
+    return Path(root)
+
+
+def write_bright_dark_folder(
+    root: str | Path, per_class: int = 24, size: int = 40, *, seed: int = 0
+) -> Path:
+    """A learnable two-class ``train/`` + ``val/`` folder set of JPEGs: dark vs bright noise.
+
+    ``root/{train,val}/{dark,bright}/*.jpg``; a classifier that learns anything gets it right.
+    """
+    rng = np.random.default_rng(seed)
+    for split, count in (("train", per_class), ("val", max(4, per_class // 3))):
+        for name, low in (("dark", 0), ("bright", 150)):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                pixels = rng.integers(low, low + 106, size=(size, size, 3), dtype=np.uint8)
+                cv2.imwrite(str(folder / f"{i:03d}.jpg"), pixels)
+    return Path(root)

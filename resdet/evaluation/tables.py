@@ -59,3 +59,18 @@ def _percent(value: float) -> str:
     if math.isnan(value) or value < 0:
         return "-"
     return f"{100.0 * value:.1f}"
+
+
+def classification_table(metrics: Mapping[str, float], title: str) -> Table:
+    """Top-1/top-5 error in percent: single view, and 10-crop when the keys ``*_10crop`` exist."""
+    table = Table(title=title)
+    for column in ("test", "top-1 err", "top-5 err"):
+        table.add_column(column, justify="left" if column == "test" else "right")
+    for label, suffix in (("single view", ""), ("10-crop", "_10crop")):
+        if f"top1_err{suffix}" in metrics:
+            table.add_row(
+                label,
+                _percent(metrics[f"top1_err{suffix}"]),
+                _percent(metrics.get(f"top5_err{suffix}", float("nan"))),
+            )
+    return table

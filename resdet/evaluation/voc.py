@@ -197,8 +197,9 @@ class VocEvaluator:
                 saw and ``orig_size`` (H0, W0) of the file.
             outputs: torchvision predictions: ``boxes`` [N, 4] xyxy in 0-based continuous pixels
                 of the image the model saw, ``labels`` [N] in 1..K, ``scores`` [N]. Boxes are
-                scaled to the original image and shifted by +1 into VOC's 1-based pixels, as
-                py-faster-rcnn does when writing results.
+                scaled to the original image and turned into VOC's 1-based inclusive pixels
+                by adding 1 to xmin and ymin, the inverse of how resdet.data.voc reads them
+                (detectron2's convention: only xmin and ymin lose 1 when read).
         """
         for target, output in zip(targets, outputs, strict=True):
             image_id = str(_as_python(target["image_id"]))
@@ -210,7 +211,8 @@ class VocEvaluator:
             h, w = (int(v) for v in target["size"])
             h0, w0 = (int(v) for v in target["orig_size"])
             scale = torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
-            boxes = (output["boxes"].detach().float().cpu() * scale + 1.0).tolist()
+            to_voc = torch.tensor([1.0, 1.0, 0.0, 0.0])
+            boxes = (output["boxes"].detach().float().cpu() * scale + to_voc).tolist()
             labels = output["labels"].detach().cpu().tolist()
             scores = output["scores"].detach().float().cpu().tolist()
             self._per_image[image_id] = [

@@ -79,3 +79,65 @@ class ClsExperiment:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     register: bool = False  # add the final weights to the weight store (always for ImageNet)
+
+
+@dataclass(frozen=True)
+class DetModelConfig:
+    """Faster / Mask R-CNN on a registry backbone (``resdet.models.detector.build_detector``)."""
+
+    backbone: str = "resnet50"
+    head: Literal["c4", "fpn"] = "fpn"
+    masks: bool = False  # Mask R-CNN (instance segmentation)
+    backbone_weights: str | None = "auto"  # "auto": newest ImageNet weights in the store
+    init: str | None = None  # a detection checkpoint to start from (predictor re-initialised
+    # when its number of classes differs)
+    trainable_stages: int = 3  # 3 freezes the stem and res2 (paper, detectron2)
+    frozen_bn: bool = True  # FrozenBatchNorm2d with ImageNet statistics (paper Appendix A)
+    shortcut: Literal["A", "B", "C"] | None = None
+    stride_in_1x1: bool | None = None
+    min_size: tuple[int, ...] = (800,)  # shorter side in pixels; several: random per image
+    max_size: int = 1333  # cap on the longer side, pixels
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # pixels
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512  # sampled RoIs per image
+    box_head_width: int = 1024  # FPN box head MLP width
+    box_score_thresh: float = 0.05
+    box_nms_thresh: float = 0.5
+    box_detections_per_img: int = 100
+
+
+@dataclass(frozen=True)
+class DetDataConfig:
+    """Detection data: ``shapes``, ``coco``, ``voc0712``, ``voc2007``, ``voc2012`` or
+    ``coco-format:TRAIN.json`` (then ``val_annotations`` names the evaluation JSON)."""
+
+    dataset: str = "shapes"
+    root: str | None = None  # None: datasets/<name> (VOC: datasets/voc/VOCdevkit)
+    val_annotations: str | None = None  # coco-format only
+    batch_size: int = 16  # images per step, all processes together
+    workers: int = 4
+    keep_empty: bool = True  # keep training images without objects as negatives
+    aspect_grouping: bool = True  # batch portrait and landscape images separately
+    voc_metric: Literal["voc07", "voc12"] | None = None  # None: voc07 for VOC2007 test
+
+
+@dataclass(frozen=True)
+class DetExperiment:
+    """A detection run (paper Appendix A; detectron2 and torchvision for the FPN form)."""
+
+    task: Literal["det"] = "det"
+    model: DetModelConfig = field(default_factory=DetModelConfig)
+    data: DetDataConfig = field(default_factory=DetDataConfig)
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=0.02, steps=(60000, 80000), warmup="linear", warmup_iters=1000, warmup_factor=0.001
+        )
+    )
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(iters=90000, channels_last=False)
+    )

@@ -137,7 +137,8 @@ def test_malformed_results_line_names_file_and_line(tmp_path: Path) -> None:
 
 
 def test_evaluator_scales_to_orig_size_and_shifts_to_one_based() -> None:
-    # VOC box (11, 21, 60, 80) is (10, 20, 59, 79) 0-based, (5, 10, 29.5, 39.5) at half size.
+    # VOC box (11, 21, 60, 80) (1-based inclusive) is read as (10, 20, 60, 80) in continuous
+    # pixels (resdet.data.voc, detectron2's convention), (5, 10, 30, 40) at half size.
     ground_truth = {5: [VocObject("dog", (11.0, 21.0, 60.0, 80.0), False)], 6: []}
     evaluator = VocEvaluator(["cat", "dog"], ground_truth, metric="voc12")
     target = {
@@ -146,7 +147,7 @@ def test_evaluator_scales_to_orig_size_and_shifts_to_one_based() -> None:
         "orig_size": torch.tensor([200, 300]),
     }
     output = {
-        "boxes": torch.tensor([[5.0, 10.0, 29.5, 39.5]]),
+        "boxes": torch.tensor([[5.0, 10.0, 30.0, 40.0]]),
         "labels": torch.tensor([2]),
         "scores": torch.tensor([0.75]),
     }

@@ -1,0 +1,55 @@
+"""What every ``resdet`` command shares: consoles, error exits and the job runner."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print an error a user can act on and return the exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def run_entry(job: Callable[[], None]) -> None:
+    """Run a training or evaluation job, turning expected failures into clear exits.
+
+    Under torchrun the process ends through ``run_and_exit`` (``os._exit`` after flushing), which
+    sidesteps torch's gloo teardown abort at interpreter exit.
+    """
+    from resdet.engine import distributed
+    from resdet.engine.trainer import NonFiniteLossError
+
+    def guarded() -> None:
+        try:
+            job()
+        except NonFiniteLossError as error:
+            raise fail(str(error), code=3) from None
+        except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+            message = error.args[0] if isinstance(error, KeyError) and error.args else error
+            raise fail(str(message)) from None
+        except KeyboardInterrupt:
+            err_console.print("stopped by Ctrl-C")
+            raise typer.Exit(130) from None
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+        distributed.run_and_exit(_typer_exit_code(guarded))
+    guarded()
+
+
+def _typer_exit_code(fn: Callable[[], None]) -> Callable[[], None]:
+    def wrapped() -> None:
+        try:
+            fn()
+        except typer.Exit as exit_:
+            sys.exit(exit_.exit_code)
+
+    return wrapped

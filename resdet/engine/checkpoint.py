@@ -1,0 +1,174 @@
+"""Training checkpoints: one file, written atomically, loadable with ``weights_only=True``.
+
+A checkpoint is a dict holding ``format`` (``"resdet-checkpoint"``), ``format_version``,
+``resdet_version`` and what the trainer saves: ``model``, ``optimizer``, ``schedule``,
+``scaler``, ``iteration``, ``epoch``, ``rng``, ``meta`` (config, task, model, dataset) and
+``trainer`` (logging accumulators and the last evaluation). Only tensors, numbers, strings,
+``None`` and dicts/lists/tuples of them are stored, so ``torch.load(weights_only=True)``, which
+executes no code from the file, can read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+FORMAT = "resdet-checkpoint"
+FORMAT_VERSION = 1
+# Checkpoint metadata that must match for a run to resume from a checkpoint.
+IDENTITY_KEYS = ("task", "model")
+
+
+def resdet_version() -> str:
+    """``resdet.__version__`` (imported here, not at module level: resdet's top level imports
+    the models, which need not be loaded to read a checkpoint)."""
+    from resdet import __version__
+
+    return __version__
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; some file systems cannot fsync a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write ``state`` (plus format and version entries) to ``path`` atomically.
+
+    The bytes go to a temporary file in the same folder, are fsynced, and the file is renamed
+    over ``path`` with ``os.replace``; an exception or crash during the write leaves any
+    previous file at ``path`` intact and removes the temporary file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "resdet_version": resdet_version(),
+        **state,
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a checkpoint written by ``save_checkpoint``; tensors are mapped to ``map_location``.
+
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file when it
+    is truncated or corrupted, or is not a resdet training checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"cannot read checkpoint {path}: it is truncated, corrupted or not a torch file "
+            f"({type(error).__name__}: {error}); use an earlier checkpoint"
+        ) from error
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(
+            f"{path} is a torch file but not a resdet training checkpoint (no "
+            f"'format': {FORMAT!r} entry); model weights alone go through resdet.models.weights"
+        )
+    if state.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"checkpoint {path} has format version {state.get('format_version')}, this resdet "
+            f"({resdet_version()}) reads version {FORMAT_VERSION}"
+        )
+    return state
+
+
+def capture_rng_state(device: torch.device) -> dict[str, Any]:
+    """The torch CPU, CUDA (of ``device``, if CUDA), numpy and Python ``random`` RNG states.
+
+    numpy's key array is stored as an int64 tensor and Python's state as a tuple of ints, the
+    types ``weights_only`` loading accepts.
+    """
+    numpy_state = np.random.get_state(legacy=False)
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "python": random.getstate(),
+    }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    """Set every RNG from ``capture_rng_state``'s result (the CUDA one only on a CUDA device)."""
+    torch.set_rng_state(state["torch"].cpu())
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {
+                "key": numpy_state["key"].cpu().numpy().astype(np.uint32),
+                "pos": numpy_state["pos"],
+            },
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"].cpu(), device)
+
+
+def check_plain(value: Any, where: str = "checkpoint_meta") -> None:
+    """Raise ``TypeError`` unless ``value`` is dicts/lists/tuples of str, int, float, bool, None.
+
+    Such metadata survives ``weights_only`` loading and JSON; ``where`` names the offending entry.
+    """
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise TypeError(f"{where} has a non-string key {key!r}")
+            check_plain(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_plain(item, f"{where}[{index}]")
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        raise TypeError(
+            f"{where} is a {type(value).__name__}; checkpoint metadata may only hold str, int, "
+            "float, bool, None and dicts/lists of them (convert paths with str())"
+        )
+
+
+def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: str | Path) -> None:
+    """Raise ``ValueError`` when checkpoint ``path``'s ``task`` or ``model`` metadata differs."""
+    for key in IDENTITY_KEYS:
+        if saved.get(key) != current.get(key):
+            raise ValueError(
+                f"checkpoint {path} was written for {key} {saved.get(key)!r}, but this run's "
+                f"{key} is {current.get(key)!r}: resume from a checkpoint of this experiment "
+                "or start a new run"
+            )

@@ -1,0 +1,390 @@
+"""One training loop for every task: the model's losses are summed, whatever the task.
+
+Models follow docs/contracts.md: in train mode ``model(images, targets)`` returns a dict whose
+``loss*`` entries are summed and back-propagated and whose other entries are only logged.
+An iteration is one optimizer step over ``grad_accum`` batches; ``Trainer.iteration`` counts the
+completed ones, so metrics and checkpoints at iteration ``i`` describe the state after ``i`` steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from resdet.data.loader import TrainLoader, batch_size_of, prepare_batch
+from resdet.engine import distributed
+from resdet.engine.checkpoint import (
+    capture_rng_state,
+    check_plain,
+    check_same_run,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from resdet.engine.distributed import StopSignals
+from resdet.engine.evaluate import AMP_DTYPES, AmpMode, autocast
+from resdet.engine.progress import MetricsLog, PeriodMeter, TrainProgress
+from resdet.engine.schedule import Schedule
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; no checkpoint was written from that state."""
+
+
+class Trainer:
+    """Trains ``model`` for ``max_iters`` optimizer steps on CPU or CUDA, one or many processes.
+
+    Args:
+        model: returns a dict of losses in train mode (docs/contracts.md); moved to ``device``.
+        optimizer: built on ``model``'s parameters (``resdet.engine.optim.build_sgd``).
+        schedule: sets the learning rate of every parameter group before each step.
+        train_loader: the endless batch stream; classification batches are
+            ``(Tensor [B,3,H,W], Tensor [B])``, detection ``(list[Tensor], list[dict])``.
+        max_iters: number of optimizer steps of the whole run.
+        out_dir: receives ``last.pt`` and ``metrics.jsonl``.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device``.
+        amp: ``"off"``; ``"bf16"`` autocast; ``"fp16"`` autocast with a ``GradScaler``.
+        channels_last: NHWC model and 4-D image batches (faster convolutions on CPU and
+            tensor cores; list batches of detection stay as they are).
+        grad_accum: batches per optimizer step (gradients of ``grad_accum`` batches are summed
+            with the loss divided by ``grad_accum``).
+        clip_grad_norm: clip the global gradient L2 norm to this value; ``None`` for no clipping.
+        log_period: iterations between train records and progress lines.
+        eval_period: iterations between evaluations; ``None`` evaluates only at the end.
+        checkpoint_period: iterations between checkpoints; ``None`` only at the end.
+        evaluate: ``evaluate(model) -> dict[str, float]`` run on every rank (the evaluator
+            gathers); ``None`` for no evaluation.
+        checkpoint_meta: plain data saved in checkpoints: ``config``, ``task``, ``model`` (name
+            or variant signature), ``dataset``; ``task`` and ``model`` must match on resume.
+        find_unused_parameters: passed to ``DistributedDataParallel`` (detectors whose heads
+            skip parameters on some batches need it).
+
+    A process group (torchrun) wraps the model in ``DistributedDataParallel``; rank 0 writes
+    the files. A non-finite loss stops the run before any checkpoint of the poisoned state is
+    written (checked every iteration on CPU; on CUDA, where reading the loss would stall the
+    GPU, at each log, evaluation and checkpoint). SIGINT (Ctrl-C) and SIGTERM stop the run
+    after the current iteration (and evaluation, if one is running) with a checkpoint that
+    resumes bit-exactly; a ``KeyboardInterrupt`` raised inside a step (a second Ctrl-C) saves
+    the parameters and optimizer of the last completed iteration.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        schedule: Schedule,
+        train_loader: TrainLoader,
+        *,
+        max_iters: int,
+        out_dir: str | Path,
+        device: str | torch.device,
+        amp: AmpMode = "off",
+        channels_last: bool = False,
+        grad_accum: int = 1,
+        clip_grad_norm: float | None = None,
+        log_period: int = 20,
+        eval_period: int | None = None,
+        checkpoint_period: int | None = None,
+        evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
+        checkpoint_meta: Mapping[str, Any] | None = None,
+        find_unused_parameters: bool = False,
+    ) -> None:
+        if amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
+        for name, value in (("max_iters", max_iters), ("grad_accum", grad_accum)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in (
+            ("log_period", log_period),
+            ("eval_period", eval_period),
+            ("checkpoint_period", checkpoint_period),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 (or None where allowed), got {value}")
+        self.device = distributed.resolve_device(device)
+        if amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ValueError(f"{torch.cuda.get_device_name(self.device)} has no bf16: use amp fp16")
+        self.checkpoint_meta = dict(checkpoint_meta or {})
+        check_plain(self.checkpoint_meta)
+
+        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.train_model: nn.Module = self.model
+        if distributed.is_distributed():
+            self.train_model = DistributedDataParallel(
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=find_unused_parameters,
+            )
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.train_loader = train_loader
+        self.max_iters = max_iters
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=amp == "fp16")
+        self.channels_last = channels_last
+        self.grad_accum = grad_accum
+        self.clip_grad_norm = clip_grad_norm
+        self.log_period = log_period
+        self.eval_period = eval_period
+        self.checkpoint_period = checkpoint_period
+        self.evaluate = evaluate
+
+        self.out_dir = Path(out_dir)
+        self.checkpoint_path = self.out_dir / "last.pt"
+        self.is_main = distributed.is_main()
+        self.metrics_log = MetricsLog(self.out_dir / "metrics.jsonl", enabled=self.is_main)
+
+        self.iteration = 0
+        self.last_eval: dict[str, float] = {}
+        self._lr = schedule.lr_at(0)
+        self._meter = PeriodMeter(self.device)
+        # Reading the loss every iteration is free on CPU but would stall a GPU's queue.
+        self._check_every_iteration = self.device.type == "cpu"
+        self._last_checkpoint_iter: int | None = None
+        self._signals = StopSignals()
+        # "forward" (parameters and optimizer untouched), "update" (optimizer step) or "hooks".
+        self._phase = "hooks"
+        self._progress: TrainProgress | None = None
+
+    # ---------------------------------------------------------------- running
+
+    def fit(self) -> dict[str, float]:
+        """Train from ``self.iteration`` to ``max_iters``; returns the last evaluation's metrics.
+
+        Raises ``NonFiniteLossError`` on a NaN/inf loss, ``KeyboardInterrupt`` after Ctrl-C and
+        ``SystemExit(143)`` after SIGTERM (both once a checkpoint is saved).
+        """
+        self.train_model.train()
+        batches = self.train_loader.batches(self.iteration * self.grad_accum)
+        self._progress = TrainProgress(self.max_iters, self.iteration, enabled=self.is_main)
+        self._meter.restart_clock()
+        try:
+            with self._progress, self._signals:
+                while self.iteration < self.max_iters:
+                    self._guarded_step(batches)
+                    self._after_step()
+                    self._progress.update(self.iteration)
+                    if self._signals.signum is not None:
+                        self._stop_with_checkpoint(capture_rng_state(self.device))
+        finally:
+            batches.close()  # shuts down this epoch's DataLoader workers
+        distributed.barrier()
+        return dict(self.last_eval)
+
+    def _guarded_step(self, batches: Iterator[Any]) -> None:
+        self._phase = "forward"
+        try:
+            entries, images = self._step(batches)
+        except BaseException as error:
+            interrupted = isinstance(error, KeyboardInterrupt) or self._signals.signum is not None
+            # Before the optimizer step the parameters and optimizer state are still those of the
+            # last completed iteration; BN running statistics and the RNG streams may already
+            # include part of the interrupted forward pass, so resuming from this checkpoint is
+            # not bit-exact (stopping on a signal between iterations is).
+            if self._phase == "forward" and interrupted:
+                self.optimizer.zero_grad(set_to_none=True)
+                self._stop_with_checkpoint(capture_rng_state(self.device), error)
+            raise
+        finally:
+            self._phase = "hooks"
+        self._meter.add(self.iteration, entries, images * distributed.get_world_size())
+
+    def _step(self, batches: Iterator[Any]) -> tuple[list[dict[str, torch.Tensor]], int]:
+        """One optimizer step over ``grad_accum`` batches; returns the logged entries and images."""
+        self._lr = self.schedule.apply(self.optimizer, self.iteration)
+        entries, images = [], 0
+        for micro in range(self.grad_accum):
+            inputs, targets = prepare_batch(
+                next(batches), self.device, channels_last=self.channels_last
+            )
+            last = micro == self.grad_accum - 1
+            no_sync = isinstance(self.train_model, DistributedDataParallel) and not last
+            # Only the last batch's backward all-reduces the accumulated gradients.
+            with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
+                with autocast(self.device, self.amp):
+                    outputs = self.train_model(inputs, targets)
+                loss = self._total_loss(outputs)
+                self.scaler.scale(loss / self.grad_accum).backward()
+            entries.append({**outputs, "loss": loss})
+            images += batch_size_of(inputs)
+        self._phase = "update"
+        if self.clip_grad_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.clip_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.iteration += 1
+        return entries, images
+
+    @staticmethod
+    def _total_loss(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        if not isinstance(outputs, Mapping):
+            raise TypeError(
+                f"in train mode the model must return a dict of losses, got {type(outputs).__name__}"
+            )
+        losses = [value for key, value in outputs.items() if key.startswith("loss")]
+        if not losses:
+            raise ValueError(
+                f"the model returned {sorted(outputs)} in train mode; at least one entry must be "
+                "a loss whose name starts with 'loss' (docs/contracts.md)"
+            )
+        return torch.stack([loss.float() for loss in losses]).sum()
+
+    # ---------------------------------------------------------------- hooks
+
+    def _after_step(self) -> None:
+        it = self.iteration
+        final = it == self.max_iters
+        do_log = it % self.log_period == 0 or final
+        do_eval = self.evaluate is not None and (
+            final or (self.eval_period is not None and it % self.eval_period == 0)
+        )
+        do_checkpoint = final or (
+            self.checkpoint_period is not None and it % self.checkpoint_period == 0
+        )
+        if self._check_every_iteration or do_log or do_eval or do_checkpoint:
+            self._check_finite()
+        if do_log:
+            self._log_train()
+        started = time.perf_counter()
+        if do_eval:
+            self._run_evaluation()
+        if do_checkpoint:
+            self._save(capture_rng_state(self.device))
+        self._meter.exclude(time.perf_counter() - started)
+
+    def _check_finite(self) -> None:
+        first_bad = self._meter.first_bad
+        if distributed.is_distributed():
+            # The earliest bad iteration of any rank; all ranks then stop together.
+            never = torch.iinfo(torch.int64).max
+            first_bad = torch.where(first_bad < 0, never, first_bad)
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+            first_bad = torch.where(first_bad == never, -1, first_bad)
+        bad_iter = int(first_bad.item())
+        if bad_iter < 0:
+            return
+        means = ", ".join(f"{key}={value:.4g}" for key, value in self._meter.means().items())
+        if self._last_checkpoint_iter is None:
+            kept = "no checkpoint was written in this run"
+        else:
+            kept = f"{self.checkpoint_path} (iteration {self._last_checkpoint_iter}) is the last good one"
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {bad_iter} (means since the last log: {means}); "
+            f"stopped before writing a checkpoint from this state: {kept}. Lower the learning "
+            "rate, set clip_grad_norm, add warm-up, or use amp bf16 instead of fp16"
+        )
+
+    def _log_train(self) -> None:
+        means = distributed.all_reduce_mean(dict(sorted(self._meter.means().items())))
+        img_per_s, seconds_per_iter = self._meter.throughput()
+        record: dict[str, Any] = {
+            "type": "train",
+            "iter": self.iteration,
+            "epoch": self.train_loader.epoch_of(self.iteration * self.grad_accum),
+            "lr": self._lr,
+            "loss": means.pop("loss"),
+            **means,
+            "img_per_s": img_per_s,
+            "time": seconds_per_iter,
+        }
+        self.metrics_log.write(record)
+        self._progress.log_train(record)
+        self._meter.reset()
+
+    def _run_evaluation(self) -> None:
+        metrics = {key: float(value) for key, value in self.evaluate(self.model).items()}
+        self.train_model.train()
+        # Every rank must take the same schedule decisions, even if only rank 0 computed metrics.
+        metrics = distributed.broadcast_from_main(metrics)
+        self.last_eval = metrics
+        record = {"type": "eval", "iter": self.iteration, **metrics}
+        self.metrics_log.write(record)
+        self._progress.log_eval(record)
+        self.schedule.step(metrics)
+
+    # ---------------------------------------------------------------- checkpoints
+
+    def _state(self, rng: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "iteration": self.iteration,
+            "epoch": self.train_loader.epoch_of(self.iteration * self.grad_accum),
+            "rng": rng,
+            "meta": self.checkpoint_meta,
+            "trainer": {"meter": self._meter.state_dict(), "last_eval": dict(self.last_eval)},
+        }
+
+    def _save(self, rng: dict[str, Any]) -> None:
+        if self.is_main:
+            save_checkpoint(self.checkpoint_path, self._state(rng))
+        self._last_checkpoint_iter = self.iteration
+
+    def _stop_with_checkpoint(
+        self, rng: dict[str, Any], error: BaseException | None = None
+    ) -> NoReturn:
+        """Save the last completed iteration (unless just saved), say where, and stop."""
+        if self._last_checkpoint_iter != self.iteration:
+            self._save(rng)
+        sigterm = self._signals.signum == signal.SIGTERM
+        if self.is_main:
+            print(
+                f"{'SIGTERM' if sigterm else 'interrupted'}: stopped after iteration "
+                f"{self.iteration}/{self.max_iters} and saved {self.checkpoint_path}; to "
+                f"continue, resume from it (--resume {self.checkpoint_path}, Trainer.resume)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if sigterm:
+            raise SystemExit(128 + signal.SIGTERM) from error
+        if isinstance(error, KeyboardInterrupt):
+            raise error
+        raise KeyboardInterrupt from error
+
+    def resume(self, path: str | Path) -> None:
+        """Continue from checkpoint ``path``: model, optimizer, schedule, scaler, iteration, RNGs.
+
+        Refuses (``ValueError``) a checkpoint whose ``task`` or ``model`` metadata differs from
+        this run's ``checkpoint_meta``. Records of ``metrics.jsonl`` after the checkpoint's
+        iteration are removed, so the log continues as if the run had never stopped.
+        """
+        path = Path(path)
+        state = load_checkpoint(path)
+        check_same_run(state["meta"], self.checkpoint_meta, path)
+        if state["iteration"] > self.max_iters:
+            raise ValueError(
+                f"checkpoint {path} is at iteration {state['iteration']}, beyond this run's "
+                f"max_iters {self.max_iters}: raise max_iters to continue training"
+            )
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise ValueError(
+                f"checkpoint {path} does not fit this model/optimizer ({error}); was it written "
+                "with another architecture or optimizer setting?"
+            ) from error
+        self.schedule.load_state_dict(state["schedule"])
+        if state["scaler"]:  # empty when the checkpoint's run had no fp16 scaler
+            self.scaler.load_state_dict(state["scaler"])
+        self.iteration = state["iteration"]
+        restore_rng_state(state["rng"], self.device)
+        self._meter.load_state_dict(state["trainer"]["meter"])
+        self.last_eval = dict(state["trainer"]["last_eval"])
+        if path.resolve() == self.checkpoint_path.resolve():
+            self._last_checkpoint_iter = self.iteration
+        self.metrics_log.truncate_after(self.iteration)

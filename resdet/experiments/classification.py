@@ -1,0 +1,245 @@
+"""Classification runs: the paper's ImageNet and CIFAR-10 experiments, and their evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from resdet.data import build_cls_dataset
+from resdet.data.loader import TrainLoader, build_eval_loader
+from resdet.engine import distributed
+from resdet.engine.checkpoint import load_checkpoint
+from resdet.engine.evaluate import inference
+from resdet.evaluation.classification import ClassificationEvaluator, TenCrop
+from resdet.experiments.common import (
+    build_trainer,
+    checkpoint_meta,
+    per_rank_batch,
+    prepare_run_dir,
+    resolve_amp,
+    seed_everything,
+    write_json,
+)
+from resdet.experiments.configs import ClsDataConfig, ClsExperiment
+from resdet.models.api import create_model, get_spec, resolve_variant
+from resdet.models.classifier import Classifier
+
+# The split each data set is tested on; CIFAR-10 with a held-out part tests on it instead.
+TEST_SPLITS = {"cifar10": "test", "imagenet": "val", "digits": "test"}
+SMALL_IMAGE_DATASETS = ("cifar10", "digits")
+
+
+def test_split(data: ClsDataConfig) -> str:
+    """The split a run evaluates on (``val`` for CIFAR-10 with ``val_size``, as the paper tunes)."""
+    if data.dataset == "cifar10" and data.val_size:
+        return "val"
+    return TEST_SPLITS.get(data.dataset, "val")
+
+
+def build_dataset(
+    data: ClsDataConfig, split: str, *, train: bool, ten_crop: bool = False
+) -> Dataset:
+    """The data set of ``data`` for ``split``, with training augmentation when ``train``."""
+    return build_cls_dataset(
+        data.dataset,
+        data.root,
+        split,
+        train=train,
+        ten_crop=ten_crop,
+        val_size=data.val_size,
+        train_scale=data.train_scale,
+        crop=data.crop_size,
+        test_size=data.test_size,
+        lighting_std=data.lighting,
+        download=data.download and train,
+    )
+
+
+def build_classifier(cfg: ClsExperiment, num_classes: int) -> Classifier:
+    """The configured network wrapped in the classification loss contract."""
+    model = cfg.model
+    net = create_model(
+        model.name,
+        num_classes=num_classes,
+        weights=model.weights,
+        shortcut=model.shortcut,
+        stride_in_1x1=model.stride_in_1x1,
+        zero_init_residual=model.zero_init_residual,
+    )
+    return Classifier(net)
+
+
+def model_signature(cfg: ClsExperiment) -> str:
+    """Name and layout of the network, e.g. ``resnet50/B/stride-1x1``; resuming must match it."""
+    spec = get_spec(cfg.model.name)
+    variant = resolve_variant(spec, cfg.model.shortcut, cfg.model.stride_in_1x1)
+    stride = "stride-1x1" if variant.stride_in_1x1 else "stride-3x3"
+    return f"{spec.name}/{variant.shortcut}/{stride}"
+
+
+@dataclass
+class ClsRunResult:
+    metrics: dict[str, float]
+    out_dir: Path
+    weights_tag: str | None
+
+
+def train_classifier(
+    cfg: ClsExperiment, out_dir: Path, *, resume: Path | None = None
+) -> ClsRunResult:
+    """Train ``cfg`` into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, eval.json).
+
+    Evaluates on the test split during and after training; an ImageNet run (or any run with
+    ``register``) adds the final network to the weight store, tagged with the run folder's name.
+    """
+    device = distributed.init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    prepare_run_dir(out_dir, cfg, resume)
+    train_set = build_dataset(cfg.data, "train", train=True)
+    test_set = build_dataset(cfg.data, test_split(cfg.data), train=False)
+    model = build_classifier(cfg, train_set.num_classes)
+    pin = device.type == "cuda"
+    loader = TrainLoader(
+        train_set,
+        batch_size=per_rank_batch(cfg.data.batch_size),
+        seed=cfg.train.seed,
+        num_workers=cfg.data.workers,
+        rank=distributed.get_rank(),
+        world_size=distributed.get_world_size(),
+        pin_memory=pin,
+    )
+    eval_loader = build_eval_loader(
+        test_set,
+        batch_size=per_rank_batch(cfg.data.batch_size),
+        num_workers=cfg.data.workers,
+        rank=distributed.get_rank(),
+        world_size=distributed.get_world_size(),
+        pin_memory=pin,
+    )
+    amp = resolve_amp(cfg.train.amp, device)
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        evaluator = ClassificationEvaluator()
+        return inference(trained, eval_loader, evaluator, device, amp, cfg.train.channels_last)
+
+    trainer = build_trainer(
+        model,
+        loader,
+        cfg.optim,
+        cfg.train,
+        out_dir=out_dir,
+        device=device,
+        evaluate=evaluate,
+        checkpoint_meta=checkpoint_meta(cfg, "cls", model_signature(cfg), cfg.data.dataset),
+        channels_last=cfg.train.channels_last,
+    )
+    if resume is not None:
+        trainer.resume(resume)
+    metrics = trainer.fit()
+    write_json(out_dir / "eval.json", {"split": test_split(cfg.data), **metrics})
+    tag = None
+    if (cfg.register or cfg.data.dataset == "imagenet") and distributed.is_main():
+        tag = register_weights(cfg, model, metrics, out_dir)
+    return ClsRunResult(metrics, out_dir, tag)
+
+
+def register_weights(
+    cfg: ClsExperiment, model: Classifier, metrics: dict[str, float], out_dir: Path
+) -> str:
+    """Add the trained network to the weight store, tagged with the run folder's name."""
+    from resdet.models.weights import add_weights
+
+    spec = get_spec(cfg.model.name)
+    tag = out_dir.resolve().name
+    net = model.net
+    entry = add_weights(
+        spec.name,
+        net.state_dict(),
+        tag=tag,
+        variant=resolve_variant(spec, cfg.model.shortcut, cfg.model.stride_in_1x1),
+        num_classes=net.fc.out_features,
+        dataset=cfg.data.dataset,
+        metrics=metrics,
+        source=f"resdet train-cls, run {out_dir.resolve()}",
+        force=True,
+    )
+    return entry.tag
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    *,
+    data_root: str | None = None,
+    ten_crop: bool = False,
+    device: str = "auto",
+    batch_size: int | None = None,
+    workers: int | None = None,
+) -> dict[str, float]:
+    """Top-1/top-5 error of a classification checkpoint on its data set's test split.
+
+    The task, network and data set come from the checkpoint. Keys: ``top1_err``,
+    ``top5_err`` (centre/single view) and, with ``ten_crop``, ``top1_err_10crop``,
+    ``top5_err_10crop`` (paper's 10-crop testing; ImageNet and folder sets only).
+    """
+    from resdet.config import from_dict
+
+    state = load_checkpoint(checkpoint)
+    meta = state["meta"]
+    if meta.get("task") != "cls":
+        raise ValueError(
+            f"{checkpoint} is a {meta.get('task')!r} checkpoint, not a classification one; "
+            "resdet eval reads detection checkpoints the same way, with their own options"
+        )
+    cfg = from_dict(ClsExperiment, meta["config"], where=f"{checkpoint} config")
+    if data_root is not None:
+        cfg = _with_data(cfg, root=data_root)
+    if batch_size is not None:
+        cfg = _with_data(cfg, batch_size=batch_size)
+    if workers is not None:
+        cfg = _with_data(cfg, workers=workers)
+    target = distributed.resolve_device(device)
+    split = test_split(cfg.data)
+    test_set = build_dataset(cfg.data, split, train=False)
+    model = build_classifier(_without_weights(cfg), test_set.num_classes)
+    model.load_state_dict(state["model"])
+    model.to(target)
+    amp = resolve_amp(cfg.train.amp, target)
+    channels_last = cfg.train.channels_last
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loader = build_eval_loader(
+        test_set, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers
+    )
+    metrics = inference(model, loader, ClassificationEvaluator(), target, amp, channels_last)
+    if ten_crop:
+        if cfg.data.dataset in SMALL_IMAGE_DATASETS:
+            raise ValueError(
+                f"{cfg.data.dataset} is tested on the single 32x32 view (paper section 4.2); "
+                "drop --ten-crop"
+            )
+        crops = build_dataset(cfg.data, split, train=False, ten_crop=True)
+        loader = build_eval_loader(
+            crops, batch_size=max(1, cfg.data.batch_size // 10), num_workers=cfg.data.workers
+        )
+        ten = inference(
+            TenCrop(model), loader, ClassificationEvaluator(), target, amp, channels_last
+        )
+        metrics.update({f"{k}_10crop": v for k, v in ten.items()})
+    return metrics
+
+
+def _with_data(cfg: ClsExperiment, **changes: object) -> ClsExperiment:
+    from dataclasses import replace
+
+    return replace(cfg, data=replace(cfg.data, **changes))
+
+
+def _without_weights(cfg: ClsExperiment) -> ClsExperiment:
+    """The checkpoint holds every parameter: no need to (re)load store weights first."""
+    from dataclasses import replace
+
+    return replace(cfg, model=replace(cfg.model, weights=None))

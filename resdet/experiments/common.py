@@ -1,0 +1,143 @@
+"""Builders shared by classification and detection runs: optimizer, schedule, trainer, run folder."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from resdet.config import save_config, to_dict
+from resdet.data.loader import TrainLoader
+from resdet.engine import distributed
+from resdet.engine.evaluate import AmpMode
+from resdet.engine.optim import build_sgd
+from resdet.engine.schedule import (
+    CosineSchedule,
+    PlateauSchedule,
+    Schedule,
+    StepSchedule,
+    Warmup,
+)
+from resdet.engine.trainer import Trainer
+from resdet.experiments.configs import OptimConfig, TrainConfig
+
+
+def resolve_amp(amp: str, device: torch.device) -> AmpMode:
+    """The trainer's precision for a config's ``amp``: ``auto`` is bf16 on CUDA, fp32 on CPU."""
+    if amp == "auto":
+        return "bf16" if device.type == "cuda" else "off"
+    return "off" if amp == "fp32" else amp  # type: ignore[return-value]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch so that model initialisation is reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_schedule(cfg: OptimConfig, max_iters: int) -> Schedule:
+    """The learning-rate schedule of ``cfg`` over a run of ``max_iters`` iterations."""
+    warmup = (
+        Warmup(cfg.warmup, cfg.warmup_factor, cfg.warmup_iters) if cfg.warmup != "none" else None
+    )
+    if cfg.schedule == "step":
+        late = [s for s in cfg.steps if s >= max_iters]
+        if late:
+            # Not an error: a short debugging run of a long recipe is common, but say it.
+            print(f"note: lr steps {late} are at or past the run's {max_iters} iterations")
+        return StepSchedule(cfg.lr, cfg.steps, gamma=cfg.gamma, warmup=warmup)
+    if cfg.schedule == "cosine":
+        return CosineSchedule(cfg.lr, max_iters, warmup=warmup)
+    return PlateauSchedule(
+        cfg.lr,
+        metric=cfg.plateau_metric,
+        patience=cfg.plateau_patience,
+        gamma=cfg.gamma,
+        warmup=warmup,
+    )
+
+
+def per_rank_batch(batch_size: int) -> int:
+    """A run's batch size divided among the torchrun processes (it must divide evenly)."""
+    world = distributed.get_world_size()
+    if batch_size % world:
+        raise ValueError(
+            f"batch size {batch_size} does not divide among {world} processes; "
+            f"use a multiple of {world}"
+        )
+    return batch_size // world
+
+
+def build_trainer(
+    model: nn.Module,
+    loader: TrainLoader,
+    optim: OptimConfig,
+    train: TrainConfig,
+    *,
+    out_dir: Path,
+    device: torch.device,
+    evaluate: Callable[[nn.Module], Mapping[str, float]] | None,
+    checkpoint_meta: Mapping[str, Any],
+    channels_last: bool,
+    find_unused_parameters: bool = False,
+) -> Trainer:
+    """A ``Trainer`` for ``model`` with SGD and the schedule of ``optim``, settings of ``train``."""
+    max_iters = train.epochs * loader.batches_per_epoch if train.epochs > 0 else train.iters
+    optimizer = build_sgd(
+        model,
+        lr=optim.lr,
+        momentum=optim.momentum,
+        weight_decay=optim.weight_decay,
+        nesterov=optim.nesterov,
+        exclude_norm_and_bias_from_decay=optim.no_decay_norm,
+    )
+    return Trainer(
+        model,
+        optimizer,
+        build_schedule(optim, max_iters),
+        loader,
+        max_iters=max_iters,
+        out_dir=out_dir,
+        device=device,
+        amp=resolve_amp(train.amp, device),
+        channels_last=channels_last,
+        grad_accum=train.grad_accum,
+        clip_grad_norm=optim.grad_clip or None,
+        log_period=train.log_period,
+        eval_period=train.eval_period or None,
+        checkpoint_period=train.checkpoint_period or None,
+        evaluate=evaluate,
+        checkpoint_meta=checkpoint_meta,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
+def prepare_run_dir(out_dir: Path, config: Any, resume: Path | None) -> None:
+    """Create the run folder and write ``config.yaml`` (rank 0); a fresh run refuses a used one."""
+    if not distributed.is_main():
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None and (out_dir / "last.pt").exists():
+        raise FileExistsError(
+            f"{out_dir} already holds a run (last.pt): continue it with "
+            f"--resume {out_dir / 'last.pt'}, or choose another --out"
+        )
+    save_config(config, out_dir / "config.yaml")
+
+
+def write_json(path: Path, data: Mapping[str, Any]) -> None:
+    """Write ``data`` as indented JSON (rank 0 only)."""
+    if distributed.is_main():
+        path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def checkpoint_meta(config: Any, task: str, model_signature: str, dataset: str) -> dict[str, Any]:
+    """What checkpoints record about the run, checked when resuming and read by ``resdet eval``."""
+    return {"config": to_dict(config), "task": task, "model": model_signature, "dataset": dataset}

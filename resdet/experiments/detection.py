@@ -1,0 +1,341 @@
+"""Detection runs: Faster / Mask R-CNN training, evaluation (COCO or VOC tables) and prediction."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from resdet.data.detection import collate
+from resdet.data.loader import TrainLoader, build_eval_loader
+from resdet.data.samplers import aspect_ratio_groups
+from resdet.engine import distributed
+from resdet.engine.checkpoint import load_checkpoint
+from resdet.engine.evaluate import inference
+from resdet.evaluation.coco import CocoEvaluator, CocoResult, save_results
+from resdet.evaluation.voc import VocEvaluator, VocResult, write_voc_results
+from resdet.experiments.common import (
+    build_trainer,
+    checkpoint_meta,
+    per_rank_batch,
+    prepare_run_dir,
+    resolve_amp,
+    seed_everything,
+    write_json,
+)
+from resdet.experiments.configs import DetDataConfig, DetExperiment, DetModelConfig
+from resdet.models.detector import build_detector, load_detector_state
+
+VOC_SETS = {
+    # name: (training parts as (year, split)), (test year, test split)
+    "voc0712": ((("2007", "trainval"), ("2012", "trainval")), ("2007", "test")),
+    "voc2007": ((("2007", "trainval"),), ("2007", "test")),
+    "voc2012": ((("2012", "train"),), ("2012", "val")),
+}
+DATASETS = ("shapes", "coco", *VOC_SETS, "coco-format:PATH")
+
+
+def build_det_dataset(data: DetDataConfig, model: DetModelConfig, *, train: bool) -> Dataset:
+    """The training (``train``) or evaluation split of ``data``, resized as ``model`` expects.
+
+    The data pipeline resizes to the detector's own ``min_size``/``max_size`` so that the
+    model's internal resize is a no-op and decoding work stays in the loader processes.
+    """
+    from resdet.data.coco import build_coco, build_coco_format
+    from resdet.data.shapes import DEFAULT_ROOT, build_shapes
+    from resdet.data.voc import VocConcat, build_voc
+
+    sizes = {
+        "min_size": model.min_size if train else model.min_size[-1],
+        "max_size": model.max_size,
+    }
+    name = data.dataset
+    if name == "shapes":
+        root = data.root or DEFAULT_ROOT
+        split = "train" if train else "val"
+        return build_shapes(
+            split,
+            train=train,
+            root=root,
+            with_masks=model.masks,
+            keep_empty=data.keep_empty,
+            **sizes,
+        )
+    if name == "coco":
+        root = data.root or "datasets/coco"
+        return build_coco(
+            root,
+            "train" if train else "val",
+            train=train,
+            with_masks=model.masks,
+            keep_empty=data.keep_empty,
+            **sizes,
+        )
+    if name.startswith("coco-format:"):
+        spec = name if train else (data.val_annotations or name)
+        if not train and data.val_annotations is None:
+            warnings.warn(
+                f"{name}: no data.val_annotations given, evaluating on the training file",
+                stacklevel=2,
+            )
+        return build_coco_format(
+            spec, train=train, with_masks=model.masks, keep_empty=data.keep_empty, **sizes
+        )
+    if name in VOC_SETS:
+        if model.masks:
+            raise ValueError(f"{name} has no instance masks: drop model.masks / --task segm")
+        root = data.root or "datasets/voc/VOCdevkit"
+        parts, (test_year, test_split) = VOC_SETS[name]
+        if not train:
+            return build_voc(root, test_year, test_split, train=False, **sizes)
+        sets = [
+            build_voc(root, year, split, train=True, keep_empty=data.keep_empty, **sizes)
+            for year, split in parts
+        ]
+        return sets[0] if len(sets) == 1 else VocConcat(sets)
+    raise ValueError(f"unknown detection dataset {name!r}; valid: {', '.join(DATASETS)}")
+
+
+def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str | None) -> nn.Module:
+    """The detector of ``cfg.model`` for ``num_classes`` object classes."""
+    m = cfg.model
+    return build_detector(
+        m.backbone,
+        head=m.head,
+        num_classes=num_classes,
+        masks=m.masks,
+        backbone_weights=backbone_weights,
+        trainable_stages=m.trainable_stages,
+        frozen_bn=m.frozen_bn,
+        shortcut=m.shortcut,
+        stride_in_1x1=m.stride_in_1x1,
+        channels_last=cfg.train.channels_last,
+        min_size=m.min_size,
+        max_size=m.max_size,
+        anchor_sizes=m.anchor_sizes,
+        aspect_ratios=m.aspect_ratios,
+        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
+        box_batch_size_per_image=m.box_batch_size_per_image,
+        box_head_width=m.box_head_width,
+        box_score_thresh=m.box_score_thresh,
+        box_nms_thresh=m.box_nms_thresh,
+        box_detections_per_img=m.box_detections_per_img,
+    )
+
+
+def model_signature(cfg: DetExperiment) -> str:
+    """E.g. ``resnet101/c4/box``; a resumed run must match it."""
+    m = cfg.model
+    return f"{m.backbone}/{m.head}/{'mask' if m.masks else 'box'}"
+
+
+def build_evaluator(dataset: Dataset, cfg: DetExperiment) -> CocoEvaluator | VocEvaluator:
+    """VOC sets get the VOC metric (voc07 for VOC2007 test), everything else COCO's."""
+    from resdet.data.voc import voc_ground_truth
+
+    if cfg.data.dataset in VOC_SETS:
+        metric = cfg.data.voc_metric or (
+            "voc07" if VOC_SETS[cfg.data.dataset][1][0] == "2007" else "voc12"
+        )
+        return VocEvaluator(dataset.class_names, voc_ground_truth(dataset), metric)
+    iou_types = ("bbox", "segm") if cfg.model.masks else ("bbox",)
+    return CocoEvaluator(dataset.coco, iou_types, label_to_category_id=dataset.label_to_category_id)
+
+
+@dataclass
+class DetReport:
+    """What one evaluation found: COCO results per IoU type, or a VOC result."""
+
+    coco: dict[str, CocoResult] = field(default_factory=dict)
+    voc: VocResult | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """COCO: ``{"bbox": {12 stats, "per_class"}, "segm": ...}``; VOC: metric, mAP, per_class."""
+        if self.voc is not None:
+            return {"metric": self.voc.metric, "mAP": self.voc.mAP, "per_class": self.voc.per_class}
+        return {t: {**r.stats, "per_class": r.per_class} for t, r in self.coco.items()}
+
+
+def report_of(evaluator: CocoEvaluator | VocEvaluator) -> DetReport:
+    if isinstance(evaluator, VocEvaluator):
+        return DetReport(voc=evaluator.last_result)
+    return DetReport(coco=dict(evaluator.last_result))
+
+
+def print_report(report: DetReport, title: str = "") -> None:
+    """COCO table(s) and per-class AP, or the VOC table, with rich."""
+    from resdet.cli_common import console
+    from resdet.evaluation.tables import coco_table, per_class_table, voc_table
+
+    if report.voc is not None:
+        console.print(voc_table(report.voc))
+        return
+    for iou_type, result in report.coco.items():
+        console.print(coco_table(result.stats, title=f"{title} COCO {iou_type} AP (%)".strip()))
+        console.print(per_class_table(result.per_class, title=f"per-class {iou_type} AP (%)"))
+
+
+def save_detections(evaluator: CocoEvaluator | VocEvaluator, dataset: Dataset, path: Path) -> None:
+    """COCO results JSON at ``path``; for VOC also comp4 files in ``path``'s folder."""
+    if isinstance(evaluator, VocEvaluator):
+        from resdet.data.voc import voc_image_names
+
+        names = voc_image_names(dataset)
+        detections = {
+            c: [d._replace(image_id=names[int(d.image_id)]) for d in dets]
+            for c, dets in evaluator.detections().items()
+        }
+        if distributed.is_main():
+            write_voc_results(path.parent / "voc_results", detections)
+        return
+    results = evaluator.results()
+    if distributed.is_main():
+        save_results(path, results)
+
+
+@dataclass
+class DetRunResult:
+    report: DetReport
+    out_dir: Path
+    backbone_init: str
+
+
+def train_detector(
+    cfg: DetExperiment, out_dir: Path, *, resume: Path | None = None
+) -> DetRunResult:
+    """Train ``cfg`` into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, eval.json), evaluate."""
+    device = distributed.init_distributed(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    prepare_run_dir(out_dir, cfg, resume)
+    train_set = build_det_dataset(cfg.data, cfg.model, train=True)
+    test_set = build_det_dataset(cfg.data, cfg.model, train=False)
+    # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
+    backbone_weights = None if (resume or cfg.model.init) else cfg.model.backbone_weights
+    model = build_model(cfg, len(train_set.class_names), backbone_weights=backbone_weights)
+    if cfg.model.init and resume is None:
+        for message in load_detector_state(model, load_checkpoint(cfg.model.init)["model"]):
+            print(message)
+    group_ids = aspect_ratio_groups(train_set.aspect_ratios()) if cfg.data.aspect_grouping else None
+    loader = TrainLoader(
+        train_set,
+        batch_size=per_rank_batch(cfg.data.batch_size),
+        seed=cfg.train.seed,
+        num_workers=cfg.data.workers,
+        collate_fn=collate,
+        group_ids=group_ids,
+        rank=distributed.get_rank(),
+        world_size=distributed.get_world_size(),
+        pin_memory=device.type == "cuda",
+    )
+    eval_loader = build_eval_loader(
+        test_set,
+        batch_size=max(1, per_rank_batch(cfg.data.batch_size)),
+        num_workers=cfg.data.workers,
+        collate_fn=collate,
+        rank=distributed.get_rank(),
+        world_size=distributed.get_world_size(),
+    )
+    evaluator = build_evaluator(test_set, cfg)
+    amp = resolve_amp(cfg.train.amp, device)
+
+    def evaluate(trained: nn.Module) -> dict[str, float]:
+        return inference(trained, eval_loader, evaluator, device, amp)
+
+    meta = checkpoint_meta(cfg, "det", model_signature(cfg), cfg.data.dataset)
+    meta["class_names"] = list(train_set.class_names)
+    trainer = build_trainer(
+        model,
+        loader,
+        cfg.optim,
+        cfg.train,
+        out_dir=out_dir,
+        device=device,
+        evaluate=evaluate,
+        checkpoint_meta=meta,
+        channels_last=False,  # images are a list of sizes; the backbone converts itself
+    )
+    if resume is not None:
+        trainer.resume(resume)
+    trainer.fit()
+    if not evaluator.last_result:  # resumed at the very end: evaluate once more
+        evaluate(trainer.model)
+    report = report_of(evaluator)
+    write_json(out_dir / "eval.json", report.as_json())
+    return DetRunResult(report, out_dir, model.backbone_init)
+
+
+def evaluate_detector_checkpoint(
+    checkpoint: Path,
+    *,
+    data_root: str | None = None,
+    device: str = "auto",
+    voc_metric: str | None = None,
+    results_out: Path | None = None,
+) -> DetReport:
+    """Evaluate a detection checkpoint on its data set's evaluation split (read from it)."""
+    from resdet.config import from_dict
+
+    state = load_checkpoint(checkpoint)
+    cfg = from_dict(DetExperiment, state["meta"]["config"], where=f"{checkpoint} config")
+    if data_root is not None:
+        cfg = replace(cfg, data=replace(cfg.data, root=data_root))
+    if voc_metric is not None:
+        cfg = replace(cfg, data=replace(cfg.data, voc_metric=voc_metric))
+    target = distributed.resolve_device(device)
+    test_set = build_det_dataset(cfg.data, cfg.model, train=False)
+    model = build_model(cfg, len(test_set.class_names), backbone_weights=None)
+    model.load_state_dict(state["model"])
+    model.to(target)
+    evaluator = build_evaluator(test_set, cfg)
+    loader = build_eval_loader(
+        test_set, batch_size=2, num_workers=cfg.data.workers, collate_fn=collate
+    )
+    inference(model, loader, evaluator, target, resolve_amp(cfg.train.amp, target))
+    if results_out is not None:
+        save_detections(evaluator, test_set, results_out)
+    return report_of(evaluator)
+
+
+def load_detector(checkpoint: Path, device: str = "auto") -> tuple[nn.Module, list[str]]:
+    """A trained detector from a checkpoint, in eval mode on ``device``, and its class names."""
+    from resdet.config import from_dict
+
+    state = load_checkpoint(checkpoint)
+    meta = state["meta"]
+    if meta.get("task") != "det":
+        raise ValueError(f"{checkpoint} is a {meta.get('task')!r} checkpoint, not a detection one")
+    cfg = from_dict(DetExperiment, meta["config"], where=f"{checkpoint} config")
+    class_names = list(meta["class_names"])
+    model = build_model(cfg, len(class_names), backbone_weights=None)
+    model.load_state_dict(state["model"])
+    return model.to(distributed.resolve_device(device)).eval(), class_names
+
+
+def predict_image(
+    model: nn.Module, image: np.ndarray, score_thresh: float
+) -> dict[str, np.ndarray]:
+    """Detections on one uint8 RGB image [H, W, 3], in its own pixels.
+
+    Returns ``boxes`` float [N, 4] xyxy, ``labels`` int [N] (1..K), ``scores`` [N] and, for
+    Mask R-CNN, ``masks`` bool [N, H, W]; only detections scoring at least ``score_thresh``.
+    The model resizes internally and maps its boxes back to the image it was given.
+    """
+    device = next(model.parameters()).device
+    tensor = torch.from_numpy(image).permute(2, 0, 1).float().div_(255).to(device)
+    with torch.inference_mode():
+        output = model([tensor])[0]
+    keep = output["scores"] >= score_thresh
+    result = {k: v[keep].cpu().numpy() for k, v in output.items()}
+    if "masks" in result:
+        result["masks"] = result["masks"][:, 0] >= 0.5
+    return result

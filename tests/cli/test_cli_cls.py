@@ -1,0 +1,179 @@
+"""End-to-end classification through the CLI on tiny data written in the real formats."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from resdet.cli import app
+from resdet.data import build_cls_dataset
+from resdet.data.synthetic import write_bright_dark_folder, write_tiny_cifar10
+from resdet.engine.checkpoint import load_checkpoint
+from resdet.models.api import create_model
+
+runner = CliRunner()
+FAST = ["--workers", "0", "--device", "cpu", "--no-amp"]
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESDET_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def read_rows(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def untimed(rows):
+    """Metrics rows without the wall-clock entries, which differ between any two runs."""
+    return [{k: v for k, v in row.items() if k not in ("time", "img_per_s", "eta")} for row in rows]
+
+
+def train_cifar(data, out, iters, *extra):
+    return invoke(
+        "train-cls",
+        "cifar10",
+        "--data-dir",
+        data,
+        "--depth",
+        20,
+        "--out",
+        out,
+        "--iters",
+        iters,
+        "--batch-size",
+        8,
+        *FAST,
+        "--set",
+        "train.eval_period=3",
+        "--set",
+        "train.log_period=1",
+        "--set",
+        "train.checkpoint_period=3",
+        *extra,
+    )
+
+
+def test_cifar_run_eval_and_exact_resume(tmp_path):
+    data = write_tiny_cifar10(tmp_path / "cifar")
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    train_cifar(data, whole, 6)
+    assert {p.name for p in whole.iterdir()} >= {
+        "config.yaml",
+        "metrics.jsonl",
+        "last.pt",
+        "eval.json",
+    }
+
+    train_cifar(data, half, 3)
+    invoke("train-cls", "cifar10", "--resume", half / "last.pt", "--iters", 6)
+    assert untimed(read_rows(half)) == untimed(read_rows(whole))
+    a, b = load_checkpoint(whole / "last.pt")["model"], load_checkpoint(half / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((half / "eval.json").read_text()) == json.loads(
+        (whole / "eval.json").read_text()
+    )
+
+    # resdet eval reads everything from the checkpoint; its numbers equal a direct computation.
+    result = invoke("eval", "--checkpoint", whole / "last.pt", "--json", tmp_path / "e.json")
+    assert "top-1 err" in result.stdout
+    reported = json.loads((tmp_path / "e.json").read_text())
+    net = create_model("cifar_resnet20", num_classes=10)
+    net.load_state_dict({k.removeprefix("net."): v for k, v in a.items()})
+    test_set = build_cls_dataset("cifar10", data, "test", train=False)
+    images = torch.stack([test_set[i][0] for i in range(len(test_set))])
+    labels = torch.tensor([test_set[i][1] for i in range(len(test_set))])
+    with torch.no_grad():
+        top5 = net.eval()(images).topk(5, dim=1).indices
+    assert reported["top1_err"] == pytest.approx((top5[:, 0] != labels).float().mean().item())
+    top5_err = 1 - (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    assert reported["top5_err"] == pytest.approx(top5_err)
+
+    invoke("plot", whole, half, "--out", tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_folder_run_learns_and_registers_weights(tmp_path):
+    data = write_bright_dark_folder(tmp_path / "bd")
+    out = tmp_path / "run"
+    invoke(
+        "train-cls",
+        f"folder:{data}",
+        "--out",
+        out,
+        "--iters",
+        30,
+        "--batch-size",
+        16,
+        "--lr",
+        0.05,
+        "--register",
+        *FAST,
+        "--set",
+        "model.name=cifar_resnet20",
+        "--set",
+        "data.train_scale=[32,40]",
+        "--set",
+        "data.crop_size=32",
+        "--set",
+        "data.test_size=32",
+        "--set",
+        "data.lighting=0",
+        "--set",
+        "train.eval_period=30",
+        "--set",
+        "train.log_period=5",
+    )
+    train = [r for r in read_rows(out) if r["type"] == "train"]
+    assert train[-1]["loss_cls"] < train[0]["loss_cls"]
+    assert json.loads((out / "eval.json").read_text())["top1_err"] < 0.25  # chance is 0.5
+    listed = json.loads(invoke("weights", "list", "--json").stdout)
+    assert [(e["arch"], e["tag"], e["num_classes"]) for e in listed] == [
+        ("cifar_resnet20", "run", 2)
+    ]
+    result = invoke("eval", "--checkpoint", out / "last.pt", "--ten-crop")
+    assert "10-crop" in result.stdout
+
+
+def test_bad_input_is_named(tmp_path):
+    result = runner.invoke(
+        app, ["train-cls", "cifar10", "--data-dir", str(tmp_path / "nope"), *FAST]
+    )
+    assert result.exit_code == 2 and "nope" in result.output and "--download" in result.output
+    result = runner.invoke(app, ["train-cls", "cifar10", "--set", "optim.lrr=1"])
+    assert result.exit_code == 2 and "did you mean 'lr'" in result.output
+    data = write_tiny_cifar10(tmp_path / "cifar")
+    train_cifar(data, tmp_path / "r", 1)
+    again = runner.invoke(
+        app, ["train-cls", "cifar10", "--data-dir", str(data), "--out", str(tmp_path / "r"), *FAST]
+    )
+    assert again.exit_code == 2 and "--resume" in again.output
+    other = runner.invoke(
+        app,
+        [
+            "train-cls",
+            "cifar10",
+            "--data-dir",
+            str(data),
+            "--depth",
+            "32",
+            "--out",
+            str(tmp_path / "s"),
+            "--resume",
+            str(tmp_path / "r" / "last.pt"),
+            *FAST,
+        ],
+    )
+    assert (
+        other.exit_code == 2
+        and "cifar_resnet20" in other.output
+        and "cifar_resnet32" in other.output
+    )

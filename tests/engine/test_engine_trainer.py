@@ -1,0 +1,237 @@
+"""The training loop: learning, exact resumption, NaN stops, interruptions, logs and AMP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from engine_toys import ToyAccuracy, ToyImages, ToyNet
+
+from resdet.data.loader import TrainLoader, build_eval_loader
+from resdet.engine import trainer as trainer_module
+from resdet.engine.checkpoint import load_checkpoint
+from resdet.engine.evaluate import inference
+from resdet.engine.optim import build_sgd
+from resdet.engine.schedule import CosineSchedule, Warmup
+from resdet.engine.trainer import NonFiniteLossError, Trainer
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Any:
+    """Tiny tensors: on 2 shared cores a second OpenMP thread only adds waiting (30 ms per op)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+META = {"task": "classification", "model": "toy", "config": {"lr": 0.1}, "dataset": "toy"}
+CPU = torch.device("cpu")
+
+
+def build(
+    out_dir: Path,
+    *,
+    workers: int = 0,
+    max_iters: int = 24,
+    checkpoint_period: int | None = 4,
+    meta: dict[str, Any] = META,
+    amp: str = "off",
+    grad_accum: int = 1,
+    **model_options: Any,
+) -> Trainer:
+    """A 24-iteration run on 64 toy images (8 batches of 8 per epoch), seeded like a real run."""
+    torch.manual_seed(0)
+    model = ToyNet(**model_options)
+    val_loader = build_eval_loader(ToyImages(32, seed=5), batch_size=16)
+    return Trainer(
+        model,
+        build_sgd(model, lr=0.1),
+        CosineSchedule(0.1, max_iters=max_iters, warmup=Warmup("linear", 0.1, 4)),
+        TrainLoader(ToyImages(64), batch_size=8, seed=1, num_workers=workers),
+        max_iters=max_iters,
+        out_dir=out_dir,
+        device="cpu",
+        amp=amp,  # type: ignore[arg-type]
+        channels_last=True,
+        grad_accum=grad_accum,
+        log_period=5,
+        eval_period=6,
+        checkpoint_period=checkpoint_period,
+        evaluate=lambda model: inference(model, val_loader, ToyAccuracy(), CPU),
+        checkpoint_meta=meta,
+    )
+
+
+def records(out_dir: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without the wall-clock entries, which differ between runs."""
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    return [
+        {k: v for k, v in json.loads(line).items() if k not in ("img_per_s", "time")}
+        for line in lines
+    ]
+
+
+def assert_same_parameters(a: Trainer, b: Trainer) -> None:
+    state_a, state_b = a.model.state_dict(), b.model.state_dict()
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+
+
+def test_loss_falls_and_metrics_follow_the_contract(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trainer = build(tmp_path, max_iters=60)
+    metrics = trainer.fit()
+    train = [r for r in records(tmp_path) if r["type"] == "train"]
+    evals = [r for r in records(tmp_path) if r["type"] == "eval"]
+    assert [r["iter"] for r in train] == list(range(5, 61, 5))
+    assert [r["iter"] for r in evals] == list(range(6, 61, 6))
+    assert list(train[0]) == ["type", "iter", "epoch", "lr", "loss", "loss_cls", "top1_err"]
+    assert train[-1]["epoch"] == 60 // 8
+    # The toy task is learnable: the loss of the last period is well below the first one's.
+    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    assert metrics == {"top1_err": evals[-1]["top1_err"]}
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 60
+    # Not a terminal: one plain line per log period.
+    out = capsys.readouterr().out
+    assert "iter 5/60  epoch 0  loss " in out and "eval @ iter 60: top1_err" in out
+
+
+@pytest.mark.parametrize(("workers_first", "workers_resumed"), [(0, 0), (2, 2), (0, 2)])
+def test_resumed_run_is_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_first: int, workers_resumed: int
+) -> None:
+    real_save = trainer_module.save_checkpoint
+
+    def save_and_keep_iteration_14(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if state["iteration"] == 14:
+            shutil.copy(path, tmp_path / "mid.pt")
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_keep_iteration_14)
+    # Iteration 14 is mid-epoch (8 batches per epoch) and mid log period (every 5).
+    first = build(tmp_path / "first", workers=workers_first, checkpoint_period=7)
+    first_metrics = first.fit()
+    resumed_dir = tmp_path / "resumed"
+    resumed_dir.mkdir()
+    # The full log of the first run: resuming must drop its records after iteration 14.
+    shutil.copy(tmp_path / "first" / "metrics.jsonl", resumed_dir / "metrics.jsonl")
+    resumed = build(resumed_dir, workers=workers_resumed, checkpoint_period=7)
+    resumed.resume(tmp_path / "mid.pt")
+    assert resumed.iteration == 14
+    assert resumed.fit() == first_metrics
+    assert_same_parameters(first, resumed)
+    assert records(resumed_dir) == records(tmp_path / "first")
+
+
+def test_nan_loss_stops_before_any_checkpoint_of_the_poisoned_state(tmp_path: Path) -> None:
+    trainer = build(tmp_path, nan_at=7, checkpoint_period=5)
+    with pytest.raises(NonFiniteLossError, match=r"iteration 7 .*loss_cls=nan") as error:
+        trainer.fit()
+    assert "last.pt (iteration 5) is the last good one" in str(error.value)
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 5
+    assert max(r["iter"] for r in records(tmp_path)) == 6  # the eval at 6 ran, nothing after
+
+
+def test_deferred_nan_check_of_gpu_runs_still_names_the_iteration(tmp_path: Path) -> None:
+    trainer = build(tmp_path, nan_at=7, checkpoint_period=10)
+    trainer._check_every_iteration = False  # as on CUDA: checked at logs, evals, checkpoints
+    with pytest.raises(NonFiniteLossError, match=r"iteration 7 "):
+        trainer.fit()
+    assert trainer.iteration == 10
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_keyboard_interrupt_inside_a_step_saves_a_checkpoint_that_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real_save = trainer_module.save_checkpoint
+    saved: dict[int, dict[str, Any]] = {}
+
+    def save_and_remember(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        saved[state["iteration"]] = load_checkpoint(path)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_remember)
+    build(tmp_path / "reference", checkpoint_period=9).fit()
+    run_dir = tmp_path / "run"
+    # The 10th forward pass has run its BN layer and drawn its dropout mask when Ctrl-C arrives.
+    with pytest.raises(KeyboardInterrupt):
+        build(run_dir, interrupt_at=10).fit()
+    assert (
+        f"stopped after iteration 9/24 and saved {run_dir / 'last.pt'}" in capsys.readouterr().err
+    )
+    state = load_checkpoint(run_dir / "last.pt")
+    assert state["iteration"] == 9
+    # Parameters and momentum are those of iteration 9 (BN statistics may include step 10).
+    for name, _ in ToyNet().named_parameters():
+        assert torch.equal(state["model"][name], saved[9]["model"][name]), name
+    momentum = [s["momentum_buffer"] for s in state["optimizer"]["state"].values()]
+    expected = [s["momentum_buffer"] for s in saved[9]["optimizer"]["state"].values()]
+    assert all(torch.equal(a, b) for a, b in zip(momentum, expected, strict=True))
+    resumed = build(run_dir)
+    resumed.resume(run_dir / "last.pt")
+    resumed.fit()
+    assert [r["iter"] for r in records(run_dir)] == [
+        r["iter"] for r in records(tmp_path / "reference")
+    ]
+
+
+def test_sigterm_finishes_the_iteration_then_saves_and_exits(tmp_path: Path) -> None:
+    reference = build(tmp_path / "reference")
+    reference.fit()
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        build(run_dir, sigterm_at=10).fit()
+    assert stop.value.code == 143
+    assert load_checkpoint(run_dir / "last.pt")["iteration"] == 10
+    resumed = build(run_dir)
+    resumed.resume(run_dir / "last.pt")
+    resumed.fit()
+    assert_same_parameters(reference, resumed)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    build(tmp_path / "a", max_iters=4).fit()
+    other = build(tmp_path / "b", meta={**META, "model": "toy_wide"})
+    with pytest.raises(ValueError, match="model 'toy', but this run's model is 'toy_wide'"):
+        other.resume(tmp_path / "a" / "last.pt")
+
+
+def test_gradient_accumulation_consumes_several_batches_per_step(tmp_path: Path) -> None:
+    trainer = build(tmp_path, max_iters=8, grad_accum=2)
+    trainer.fit()
+    train = [r for r in records(tmp_path) if r["type"] == "train"]
+    # 8 steps x 2 batches = 16 batches = 2 epochs of 8 batches.
+    assert train[-1]["iter"] == 8 and train[-1]["epoch"] == 2
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_and_resumes(tmp_path: Path, amp: str) -> None:
+    trainer = build(tmp_path, amp=amp, max_iters=6)
+    trainer.fit()
+    assert all(r["loss"] == r["loss"] for r in records(tmp_path) if r["type"] == "train")
+    resumed = build(tmp_path, amp=amp, max_iters=8)
+    resumed.resume(tmp_path / "last.pt")
+    assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
+    resumed.fit()
+
+
+def test_inference_restores_train_mode_and_feeds_the_evaluator() -> None:
+    torch.manual_seed(0)
+    model = ToyNet().train()
+    dataset = ToyImages(20, seed=3)
+    loader = build_eval_loader(dataset, batch_size=8)
+    metrics = inference(model, loader, ToyAccuracy(), CPU, channels_last=True)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(dataset.images))
+    expected = (logits.argmax(1).numpy() != dataset.labels).mean()
+    assert metrics["top1_err"] == pytest.approx(expected)
