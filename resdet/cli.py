@@ -135,7 +135,7 @@ def weights_import(
     force: Annotated[bool, typer.Option(help="Overwrite an existing entry.")] = False,
 ) -> None:
     """Convert a torchvision ResNet checkpoint into the weight store."""
-    from resdet.models.weights import import_torchvision
+    from resdet.models.torchvision_io import import_torchvision
 
     if fmt != "torchvision":
         raise fail(f"--format {fmt!r} is not supported; the only format is 'torchvision'")
@@ -154,7 +154,7 @@ def weights_export(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Write a store entry as a state dict that torchvision's ResNet loads."""
-    from resdet.models.weights import export_torchvision
+    from resdet.models.torchvision_io import export_torchvision
 
     try:
         export_torchvision(arch, tag, path, force=force)

@@ -37,7 +37,11 @@ def evaluate(
     device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the numbers here.")] = None,
     results_out: Annotated[
-        Path | None, typer.Option("--results-out", help="Save detections (COCO results JSON).")
+        Path | None,
+        typer.Option(
+            "--results-out",
+            help="Save detections: a COCO results JSON; for VOC a folder of comp4 files.",
+        ),
     ] = None,
 ) -> None:
     """Evaluate a checkpoint, a COCO results file or VOC results files, and print the tables."""
@@ -78,9 +82,9 @@ def _eval_checkpoint(
     json_out: Path | None,
     results_out: Path | None,
 ) -> None:
-    from resdet.engine.checkpoint import load_checkpoint
+    from resdet.engine.checkpoint import read_checkpoint_meta
 
-    task = load_checkpoint(checkpoint)["meta"].get("task")
+    task = read_checkpoint_meta(checkpoint).get("task")
     if task == "cls":
         from resdet.evaluation.tables import classification_table
         from resdet.experiments.classification import evaluate_checkpoint
@@ -133,6 +137,7 @@ def _eval_voc_files(
     from resdet.data.voc import VOC_CLASSES, VocDetection, voc_ground_truth, voc_image_names
     from resdet.evaluation.tables import voc_table
     from resdet.evaluation.voc import evaluate_voc, read_voc_results
+    from resdet.experiments.detection import voc_metric
 
     dataset = VocDetection(voc_root, year, split, train=False)
     names = voc_image_names(dataset)
@@ -143,14 +148,6 @@ def _eval_voc_files(
     _write_json(
         json_out, {"metric": result.metric, "mAP": result.mAP, "per_class": result.per_class}
     )
-
-
-def voc_metric(year: str, metric: str | None) -> str:
-    """``--metric`` when given, else the year's own: voc07 (11-point) for 2007, voc12 after."""
-    chosen = metric or ("voc07" if str(year) == "2007" else "voc12")
-    if chosen not in ("voc07", "voc12"):
-        raise ValueError(f"--metric must be voc07 or voc12, got {chosen!r}")
-    return chosen
 
 
 def _write_json(path: Path | None, data: dict[str, Any]) -> None:
@@ -193,16 +190,14 @@ def predict(
     def job() -> None:
         import cv2
 
+        from resdet.data.detection import read_image
         from resdet.experiments.detection import load_detector, predict_image
         from resdet.viz import draw_detections
 
         model, class_names = load_detector(checkpoint, device)
         out.mkdir(parents=True, exist_ok=True)
         for path in images:
-            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if bgr is None:
-                raise FileNotFoundError(f"cannot read image {path}: missing or not an image file")
-            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            rgb = read_image(path)
             found = predict_image(model, rgb, score_thresh)
             names = [class_names[label - 1] for label in found["labels"]]
             drawn = draw_detections(rgb, found["boxes"], names, found["scores"], found.get("masks"))

@@ -26,7 +26,7 @@ LrOpt = Annotated[float | None, typer.Option("--lr", help="Base learning rate.")
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu or cuda.")]
 AmpOpt = Annotated[
     bool | None,
-    typer.Option("--amp/--no-amp", help="Mixed precision (bf16 on CUDA); default: auto."),
+    typer.Option("--amp/--no-amp", help="bf16 autocast, or fp32; default: the recipe's (auto)."),
 ]
 WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Data loader processes.")]
 ResumeOpt = Annotated[
@@ -69,7 +69,7 @@ def common_overrides(
     if device is not None:
         overrides.append(f"train.device={device}")
     if amp is not None:
-        overrides.append(f"train.amp={'auto' if amp else 'fp32'}")
+        overrides.append(f"train.amp={'bf16' if amp else 'fp32'}")
     if workers is not None:
         overrides.append(f"data.workers={workers}")
     return overrides
@@ -84,12 +84,12 @@ def load_run_config(
     ``--set`` still apply on top (to extend ``--iters``, say).
     """
     from resdet.config import ConfigError, load_config
-    from resdet.engine.checkpoint import load_checkpoint
+    from resdet.engine.checkpoint import read_checkpoint_meta
 
     try:
         if resume is None:
             return load_config(cls, config, overrides), None
-        saved = load_checkpoint(resume)["meta"]["config"]
+        saved = read_checkpoint_meta(resume)["config"]
         return load_config(cls, config, overrides, start=saved), resume.parent
     except (ConfigError, ValueError, FileNotFoundError) as error:
         raise fail(str(error)) from None

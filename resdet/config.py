@@ -68,8 +68,22 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
             close = difflib.get_close_matches(key, names, n=1, cutoff=0.4)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
             raise ConfigError(f"{where}: unknown key {key!r}{hint}")
-    kwargs = {k: _convert(hints[k], v, f"{where}: {k}") for k, v in values.items()}
+    kwargs = {}
+    for key, value in values.items():
+        default = _field_default(cls, key)
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            # A partial section changes only its own keys of the parent's default section
+            # (which may differ from the section class's defaults, e.g. detection's optim).
+            value = _merge(to_dict(default), value)
+        kwargs[key] = _convert(hints[key], value, f"{where}: {key}")
     return cls(**kwargs)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
 
 
 def _read_with_base(path: Path) -> dict[str, Any]:

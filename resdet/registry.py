@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -23,10 +23,6 @@ class Registry(Generic[T]):
             raise KeyError(f"{self.kind} {name!r} is already registered")
         self._entries[name] = entry
         return entry
-
-    def decorator(self, name: str) -> Callable[[T], T]:
-        """``@registry.decorator("name")`` registers the decorated object."""
-        return lambda entry: self.register(name, entry)
 
     def get(self, name: str) -> T:
         """The entry registered as ``name``; a miss names the closest registered names."""

@@ -43,14 +43,16 @@ def plot_curves(
         train, evals = read_metrics(run_dir)
         label = labels[i] if labels else Path(run_dir).name
         color = f"C{i}"
-        points = [(r["iter"], 100 * r[metric]) for r in train if metric in r]
-        if points:
-            ax.plot(*zip(*points, strict=True), color=color, linewidth=0.7, alpha=0.8)
-        points = [(r["iter"], 100 * r[metric]) for r in evals if metric in r]
-        if points:
-            ax.plot(*zip(*points, strict=True), color=color, linewidth=2.2, label=label)
-        if not train and not evals:
-            raise ValueError(f"{run_dir}/metrics.jsonl has no rows with {metric!r}")
+        thin = [(r["iter"], 100 * r[metric]) for r in train if metric in r]
+        bold = [(r["iter"], 100 * r[metric]) for r in evals if metric in r]
+        if not thin and not bold:
+            raise ValueError(
+                f"{run_dir}/metrics.jsonl has no {metric!r} entries; choose another --metric"
+            )
+        if thin:
+            ax.plot(*zip(*thin, strict=True), color=color, linewidth=0.7, alpha=0.8)
+        if bold:
+            ax.plot(*zip(*bold, strict=True), color=color, linewidth=2.2, label=label)
     ax.set_xlabel("iteration")
     ax.set_ylabel("error (%)")
     ax.set_title(title or "training error (thin) and test error (bold)")
@@ -64,6 +66,8 @@ def plot_curves(
 
 def instance_colors(n: int) -> np.ndarray:
     """``n`` well-separated RGB colours (uint8 [n, 3]), the same for the same ``n``."""
+    if n == 0:
+        return np.zeros((0, 3), np.uint8)
     hues = (np.arange(n) * 0.618034) % 1.0
     hsv = np.stack([hues * 180, np.full(n, 200), np.full(n, 255)], axis=1).astype(np.uint8)
     return cv2.cvtColor(hsv[None], cv2.COLOR_HSV2RGB)[0]

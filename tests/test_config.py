@@ -1,5 +1,8 @@
 """Config loading: base files, overrides converted by type, unknown keys."""
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 
 from resdet.config import ConfigError, load_config, save_config
@@ -53,3 +56,26 @@ def test_base_has_one_level_only(tmp_path):
         load_config(ClsExperiment, tmp_path / "c.yaml")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(ClsExperiment, tmp_path / "missing.yaml")
+
+
+def test_partial_section_keeps_the_experiments_own_defaults():
+    from resdet.experiments.configs import DetExperiment
+
+    default = DetExperiment()
+    cfg = load_config(DetExperiment, None, ["optim.lr=0.01", "train.amp=fp32"])
+    # Detection's optim/train defaults differ from OptimConfig()/TrainConfig(): keep them.
+    assert cfg.optim == replace(default.optim, lr=0.01)
+    assert cfg.train == replace(default.train, amp="fp32")
+
+
+def test_every_packaged_recipe_loads():
+    from importlib import resources
+
+    from resdet.experiments.configs import ClsExperiment, DetExperiment
+
+    root = resources.files("resdet") / "configs"
+    files = sorted(Path(str(root)).glob("*/*.yaml"))
+    assert len(files) > 30
+    for path in files:
+        cls = ClsExperiment if path.parent.name == "cls" else DetExperiment
+        load_config(cls, path)

@@ -11,6 +11,8 @@ import cv2
 import numpy as np
 import torch
 
+from resdet.data.samplers import split_key
+
 # Per-channel RGB mean and std of ImageNet training images in [0, 1] units, as used by
 # fb.resnet.torch (datasets/imagenet.lua, "computed from random subset of ImageNet training
 # images") and torchvision, whose weights expect exactly this normalisation.
@@ -31,21 +33,14 @@ IMAGENET_EIGVEC = np.array(
 
 
 def parse_key(key: int | tuple[int, int], length: int) -> tuple[int, np.random.Generator]:
-    """Split a dataset key into an index in ``[0, length)`` and the sample's generator.
+    """A dataset key as an index in ``[0, length)`` and the sample's generator.
 
-    ``key`` is an int index (negative counts from the end) or an ``(index, seed)`` pair. With a
-    seed the generator is ``np.random.default_rng(seed)``; without one it is seeded from fresh OS
-    entropy, so DataLoader workers never repeat each other's augmentation.
+    With a seed (``(index, seed)`` keys) the generator is ``np.random.default_rng(seed)``;
+    without one it is seeded from fresh OS entropy, so DataLoader workers never repeat each
+    other's augmentation.
     """
-    if isinstance(key, tuple | list):
-        if len(key) != 2:
-            raise TypeError(f"a dataset key is an int or an (index, seed) pair, got {key!r}")
-        index, rng = int(key[0]), np.random.default_rng(int(key[1]))
-    else:
-        index, rng = int(key), np.random.default_rng()
-    if not -length <= index < length:
-        raise IndexError(f"index {index} is out of range for a dataset of {length} samples")
-    return index % length, rng
+    index, seed = split_key(key, length)
+    return index, np.random.default_rng(seed)
 
 
 def pad_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int, flip: bool) -> np.ndarray:

@@ -23,6 +23,8 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from resdet.data.samplers import split_key
+
 logger = logging.getLogger(__name__)
 
 # Keys of ``dataset.stats``: what annotation cleaning changed, counted once at construction.
@@ -234,14 +236,6 @@ class DetectionTransform:
         )
 
 
-def split_key(key: int | tuple[int, int]) -> tuple[int, int | None]:
-    """``index`` or ``(index, seed)`` -> ``(index, seed or None)`` (docs/contracts.md)."""
-    if isinstance(key, tuple | list):
-        index, seed = key
-        return int(index), int(seed)
-    return int(key), None
-
-
 class DetectionDataset(Dataset):
     """A detection data set over parsed `ImageRecord`s; COCO and VOC only build the records.
 
@@ -282,7 +276,7 @@ class DetectionDataset(Dataset):
         return [r.width / r.height for r in self.records]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
-        index, seed = split_key(key)
+        index, seed = split_key(key, len(self))
         record = self.records[index]
         image = read_image(record.path, record.height, record.width)
         masks = None

@@ -22,6 +22,23 @@ LOADER_STREAM = 2
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
+def split_key(key: int | tuple[int, int], length: int) -> tuple[int, int | None]:
+    """A dataset key (docs/contracts.md) as ``(index in [0, length), seed or None)``.
+
+    ``key`` is an int index (negative counts from the end) or an ``(index, seed)`` pair, as
+    ``ResumableSampler`` yields them.
+    """
+    if isinstance(key, tuple | list):
+        if len(key) != 2:
+            raise TypeError(f"a dataset key is an int or an (index, seed) pair, got {key!r}")
+        index, seed = int(key[0]), int(key[1])
+    else:
+        index, seed = int(key), None
+    if not -length <= index < length:
+        raise IndexError(f"index {index} is out of range for a dataset of {length} samples")
+    return index % length, seed
+
+
 def derive_seed(seed: int, *keys: int) -> int:
     """A 63-bit seed derived from ``seed`` and the integer ``keys`` with ``np.random.SeedSequence``.
 

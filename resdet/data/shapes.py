@@ -8,9 +8,9 @@ on a CPU::
     ROOT/annotations/instances_{train,val}.json   boxes and polygon masks, categories 1..3
     ROOT/VERSION.json                generator version and parameters
 
-Each image has a textured background (smooth noise, a gradient or stripes) and 1-5 objects of
-12-60 px. Later objects occlude earlier ones; a placement that would leave an earlier object less
-than half visible, or with a hole, is redrawn elsewhere, so every shape in the image is annotated.
+Each image has a textured background (smooth noise, a gradient or stripes) and 1-7 objects of
+16-48 px, squares and triangles turned by at most 15 degrees. Later objects may overlap earlier ones a little; a placement that would leave an earlier
+object less than 80% visible, or with a hole, is redrawn elsewhere, so every shape in the image is annotated.
 Masks are the visible part as COCO polygons, the painted pixels are exactly the rasterised
 polygons, and each box is the mask's extent, so boxes, masks and pixels agree. Generation is
 byte-for-byte deterministic for a given seed.
@@ -40,13 +40,14 @@ from resdet.data.detection import log_stats
 
 logger = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 4
 CLASS_NAMES = ("square", "circle", "triangle")
 IMAGE_SIZE = 128
-OBJECT_SIZES = (12, 60)  # side (square, triangle) or diameter (circle) in pixels, inclusive
-MAX_OBJECTS = 5
-MIN_VISIBLE = 0.5  # an earlier object must keep at least this fraction of its area visible
+OBJECT_SIZES = (16, 48)  # side (square, triangle) or diameter (circle) in pixels, inclusive
+MAX_OBJECTS = 7
+MIN_VISIBLE = 0.8  # an earlier object must keep at least this fraction of its area visible
 PLACEMENT_TRIES = 20
+MAX_TURN = math.pi / 12  # squares and triangles stay recognisably upright
 JPEG_QUALITY = 95
 DEFAULT_ROOT = Path("datasets/shapes")
 SPLITS = ("train", "val")
@@ -83,7 +84,9 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
         weight = (along - along.min()) / (along.max() - along.min())
     else:
         weight = 0.5 + 0.5 * np.sin(2 * math.pi * along / rng.uniform(6, 24))
-    first, second = _muted_color(rng), _muted_color(rng)
+    # Low contrast within a texture keeps it a background, not a field of shape-like edges.
+    first = _muted_color(rng)
+    second = first + rng.uniform(-40, 40, size=3)
     return (first + weight[..., None] * (second - first)).astype(np.float32)
 
 
@@ -97,10 +100,10 @@ def _shape_mask(rng: np.random.Generator, label: int, height: int, width: int) -
         cv2.circle(mask, (round(cx), round(cy)), round(radius), 1, thickness=-1)
         return mask
     if label == 1:
-        corners, rotation = 4, rng.uniform(-math.pi / 6, math.pi / 6) + math.pi / 4
+        corners, rotation = 4, rng.uniform(-MAX_TURN, MAX_TURN) + math.pi / 4
         radius = extent / math.sqrt(2)
     else:
-        corners, rotation = 3, rng.uniform(0, 2 * math.pi)
+        corners, rotation = 3, rng.uniform(-MAX_TURN, MAX_TURN) - math.pi / 2  # apex up
         radius = extent / math.sqrt(3)
     cx, cy = rng.uniform(radius, (width - radius, height - radius))
     angles = rotation + 2 * math.pi * np.arange(corners) / corners

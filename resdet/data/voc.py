@@ -30,8 +30,8 @@ from resdet.data.detection import (
     clip_boxes,
     log_stats,
     new_stats,
-    split_key,
 )
+from resdet.data.samplers import split_key
 
 VOC_CLASSES = (
     "aeroplane",
@@ -218,9 +218,7 @@ class VocConcat(Dataset):
         return [ratio for part in self.parts for ratio in part.aspect_ratios()]
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
-        index, seed = split_key(key)
-        if index < 0:
-            index += len(self)
+        index, seed = split_key(key, len(self))
         k = bisect.bisect_right(self.ends, index)
         local = index - (self.ends[k - 1] if k else 0)
         image, target = self.parts[k][local if seed is None else (local, seed)]

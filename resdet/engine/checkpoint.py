@@ -10,14 +10,14 @@ executes no code from the file, can read it.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from resdet.files import write_atomically
 
 FORMAT = "resdet-checkpoint"
 FORMAT_VERSION = 1
@@ -33,16 +33,6 @@ def resdet_version() -> str:
     return __version__
 
 
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; some file systems cannot fsync a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write ``state`` (plus format and version entries) to ``path`` atomically.
 
@@ -51,28 +41,21 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     previous file at ``path`` intact and removes the temporary file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "resdet_version": resdet_version(),
         **state,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", mmap: bool = False
+) -> dict[str, Any]:
     """Read a checkpoint written by ``save_checkpoint``; tensors are mapped to ``map_location``.
+
+    ``mmap`` maps the file instead of reading it, so tensors load only when touched.
 
     Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the file when it
     is truncated or corrupted, or is not a resdet training checkpoint.
@@ -81,7 +64,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:
         raise ValueError(
             f"cannot read checkpoint {path}: it is truncated, corrupted or not a torch file "
@@ -172,3 +155,9 @@ def check_same_run(saved: dict[str, Any], current: dict[str, Any], path: str | P
                 f"{key} is {current.get(key)!r}: resume from a checkpoint of this experiment "
                 "or start a new run"
             )
+
+
+def read_checkpoint_meta(path: str | Path) -> dict[str, Any]:
+    """The ``meta`` entry (task, config, model signature) of a checkpoint, without reading
+    its tensors from disk (the file is memory-mapped)."""
+    return load_checkpoint(path, mmap=True)["meta"]

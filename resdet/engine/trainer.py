@@ -146,6 +146,7 @@ class Trainer:
 
         self.iteration = 0
         self.last_eval: dict[str, float] = {}
+        self._evaluated_at: int | None = None
         self._lr = schedule.lr_at(0)
         self._meter = PeriodMeter(self.device)
         # Reading the loss every iteration is free on CPU but would stall a GPU's queue.
@@ -176,6 +177,11 @@ class Trainer:
                     self._progress.update(self.iteration)
                     if self._signals.signum is not None:
                         self._stop_with_checkpoint(capture_rng_state(self.device))
+                if self.evaluate is not None and self._evaluated_at != self.iteration:
+                    # Resumed from the checkpoint written just before a final evaluation that
+                    # did not finish: evaluate now.
+                    self._run_evaluation()
+                    self._save(capture_rng_state(self.device))
         finally:
             batches.close()  # shuts down this epoch's DataLoader workers
         distributed.barrier()
@@ -258,6 +264,10 @@ class Trainer:
         if do_log:
             self._log_train()
         started = time.perf_counter()
+        if do_eval and do_checkpoint:
+            # An evaluation can fail (out of memory, a bad annotation file): keep the trained
+            # state first; the checkpoint below then adds the evaluation's results.
+            self._save(capture_rng_state(self.device))
         if do_eval:
             self._run_evaluation()
         if do_checkpoint:
@@ -309,6 +319,7 @@ class Trainer:
         # Every rank must take the same schedule decisions, even if only rank 0 computed metrics.
         metrics = distributed.broadcast_from_main(metrics)
         self.last_eval = metrics
+        self._evaluated_at = self.iteration
         record = {"type": "eval", "iter": self.iteration, **metrics}
         self.metrics_log.write(record)
         self._progress.log_eval(record)
@@ -326,7 +337,11 @@ class Trainer:
             "epoch": self.train_loader.epoch_of(self.iteration * self.grad_accum),
             "rng": rng,
             "meta": self.checkpoint_meta,
-            "trainer": {"meter": self._meter.state_dict(), "last_eval": dict(self.last_eval)},
+            "trainer": {
+                "meter": self._meter.state_dict(),
+                "last_eval": dict(self.last_eval),
+                "evaluated_at": self._evaluated_at,
+            },
         }
 
     def _save(self, rng: dict[str, Any]) -> None:
@@ -385,6 +400,7 @@ class Trainer:
         restore_rng_state(state["rng"], self.device)
         self._meter.load_state_dict(state["trainer"]["meter"])
         self.last_eval = dict(state["trainer"]["last_eval"])
+        self._evaluated_at = state["trainer"]["evaluated_at"]
         if path.resolve() == self.checkpoint_path.resolve():
             self._last_checkpoint_iter = self.iteration
         self.metrics_log.truncate_after(self.iteration)

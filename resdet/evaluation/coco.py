@@ -70,7 +70,8 @@ def evaluate_coco(
             (``images``, ``annotations`` with ``bbox`` [x, y, w, h] pixels, ``categories``).
         results: result dicts ``{"image_id", "category_id", "score", "bbox" [x, y, w, h] pixels
             and/or "segmentation" (RLE)}`` (not modified), or the path of a results JSON.
-        iou_type: ``"bbox"`` or ``"segm"``.
+        iou_type: ``"bbox"`` or ``"segm"``; segm ignores the entries' ``bbox`` (as detectron2
+            does), so object sizes are mask areas.
         image_ids: evaluate only these images (pycocotools' ``params.imgIds``); all by default.
 
     Returns:
@@ -170,13 +171,7 @@ class CocoEvaluator:
         results = [entry for image_id in sorted(per_image) for entry in per_image[image_id]]
         metrics: dict[str, float] = {}
         for iou_type in self.iou_types:
-            if iou_type == "segm":
-                # With a "bbox" present pycocotools takes the box area as the instance area, so
-                # small/medium/large would not be mask sizes; detectron2 drops it the same way.
-                entries = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
-            else:
-                entries = results
-            result = evaluate_coco(self.coco_gt, entries, iou_type, image_ids=list(per_image))
+            result = evaluate_coco(self.coco_gt, results, iou_type, image_ids=list(per_image))
             self.last_result[iou_type] = result
             metrics.update({f"{iou_type}/{name}": value for name, value in result.stats.items()})
         return metrics
@@ -309,14 +304,21 @@ def _load_results(
     """Checked result dicts that loadRes may modify (it adds area, id and iscrowd)."""
     if not isinstance(results, (str, os.PathLike)):
         _check_results(results, coco_gt, iou_type, "results list")
-        return [dict(entry) for entry in results]
-    entries = _read_json(Path(results))
-    if not isinstance(entries, list):
-        raise ValueError(
-            f"{results}: a COCO results file is a JSON list of detections, "
-            f"found a {type(entries).__name__}"
-        )
-    _check_results(entries, coco_gt, iou_type, str(results))
+        entries = [dict(entry) for entry in results]
+    else:
+        entries = _read_json(Path(results))
+        if not isinstance(entries, list):
+            raise ValueError(
+                f"{results}: a COCO results file is a JSON list of detections, "
+                f"found a {type(entries).__name__}"
+            )
+        _check_results(entries, coco_gt, iou_type, str(results))
+    if iou_type == "segm":
+        # With a "bbox" present pycocotools takes the box area as the instance area, so
+        # small/medium/large would not be mask sizes; detectron2 drops it the same way, and
+        # torchvision's segm results carry no box at all.
+        for entry in entries:
+            entry.pop("bbox", None)
     return entries
 
 

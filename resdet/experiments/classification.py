@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -12,12 +12,12 @@ from torch.utils.data import Dataset
 from resdet.data import build_cls_dataset
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import distributed
-from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import inference
 from resdet.evaluation.classification import ClassificationEvaluator, TenCrop
 from resdet.experiments.common import (
     build_trainer,
     checkpoint_meta,
+    config_from_checkpoint,
     per_rank_batch,
     prepare_run_dir,
     resolve_amp,
@@ -171,75 +171,42 @@ def register_weights(
 
 
 def evaluate_checkpoint(
-    checkpoint: Path,
-    *,
-    data_root: str | None = None,
-    ten_crop: bool = False,
-    device: str = "auto",
-    batch_size: int | None = None,
-    workers: int | None = None,
+    checkpoint: Path, *, data_root: str | None = None, ten_crop: bool = False, device: str = "auto"
 ) -> dict[str, float]:
     """Top-1/top-5 error of a classification checkpoint on its data set's test split.
 
-    The task, network and data set come from the checkpoint. Keys: ``top1_err``,
-    ``top5_err`` (centre/single view) and, with ``ten_crop``, ``top1_err_10crop``,
-    ``top5_err_10crop`` (paper's 10-crop testing; ImageNet and folder sets only).
+    The task, network and data set come from the checkpoint (``data_root`` moves the data).
+    Keys: ``top1_err``, ``top5_err`` (centre/single view) and, with ``ten_crop``,
+    ``top1_err_10crop``, ``top5_err_10crop`` (the paper's 10-crop testing; ImageNet and
+    folder sets only).
     """
-    from resdet.config import from_dict
-
-    state = load_checkpoint(checkpoint)
-    meta = state["meta"]
-    if meta.get("task") != "cls":
+    cfg, state = config_from_checkpoint(checkpoint, ClsExperiment, "cls")
+    if ten_crop and cfg.data.dataset in SMALL_IMAGE_DATASETS:
         raise ValueError(
-            f"{checkpoint} is a {meta.get('task')!r} checkpoint, not a classification one; "
-            "resdet eval reads detection checkpoints the same way, with their own options"
+            f"{cfg.data.dataset} is tested on the single 32x32 view (paper section 4.2); "
+            "drop --ten-crop"
         )
-    cfg = from_dict(ClsExperiment, meta["config"], where=f"{checkpoint} config")
-    if data_root is not None:
-        cfg = _with_data(cfg, root=data_root)
-    if batch_size is not None:
-        cfg = _with_data(cfg, batch_size=batch_size)
-    if workers is not None:
-        cfg = _with_data(cfg, workers=workers)
+    data = cfg.data if data_root is None else replace(cfg.data, root=data_root)
     target = distributed.resolve_device(device)
-    split = test_split(cfg.data)
-    test_set = build_dataset(cfg.data, split, train=False)
-    model = build_classifier(_without_weights(cfg), test_set.num_classes)
-    model.load_state_dict(state["model"])
-    model.to(target)
-    amp = resolve_amp(cfg.train.amp, target)
-    channels_last = cfg.train.channels_last
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    loader = build_eval_loader(
-        test_set, batch_size=cfg.data.batch_size, num_workers=cfg.data.workers
+    split = test_split(data)
+    test_set = build_dataset(data, split, train=False)
+    # The checkpoint holds every parameter: no store weights to load first.
+    model = build_classifier(
+        replace(cfg, model=replace(cfg.model, weights=None)), test_set.num_classes
     )
+    model.load_state_dict(state["model"])
+    channels_last = cfg.train.channels_last
+    model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format)
+    amp = resolve_amp(cfg.train.amp, target)
+    loader = build_eval_loader(test_set, batch_size=data.batch_size, num_workers=data.workers)
     metrics = inference(model, loader, ClassificationEvaluator(), target, amp, channels_last)
     if ten_crop:
-        if cfg.data.dataset in SMALL_IMAGE_DATASETS:
-            raise ValueError(
-                f"{cfg.data.dataset} is tested on the single 32x32 view (paper section 4.2); "
-                "drop --ten-crop"
-            )
-        crops = build_dataset(cfg.data, split, train=False, ten_crop=True)
+        crops = build_dataset(data, split, train=False, ten_crop=True)
         loader = build_eval_loader(
-            crops, batch_size=max(1, cfg.data.batch_size // 10), num_workers=cfg.data.workers
+            crops, batch_size=max(1, data.batch_size // 10), num_workers=data.workers
         )
         ten = inference(
             TenCrop(model), loader, ClassificationEvaluator(), target, amp, channels_last
         )
         metrics.update({f"{k}_10crop": v for k, v in ten.items()})
     return metrics
-
-
-def _with_data(cfg: ClsExperiment, **changes: object) -> ClsExperiment:
-    from dataclasses import replace
-
-    return replace(cfg, data=replace(cfg.data, **changes))
-
-
-def _without_weights(cfg: ClsExperiment) -> ClsExperiment:
-    """The checkpoint holds every parameter: no need to (re)load store weights first."""
-    from dataclasses import replace
-
-    return replace(cfg, model=replace(cfg.model, weights=None))

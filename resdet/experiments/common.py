@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from resdet.config import save_config, to_dict
+from resdet.config import from_dict, save_config, to_dict
 from resdet.data.loader import TrainLoader
 from resdet.engine import distributed
+from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import AmpMode
 from resdet.engine.optim import build_sgd
 from resdet.engine.schedule import (
@@ -27,11 +29,18 @@ from resdet.engine.schedule import (
 from resdet.engine.trainer import Trainer
 from resdet.experiments.configs import OptimConfig, TrainConfig
 
+C = TypeVar("C")
+
 
 def resolve_amp(amp: str, device: torch.device) -> AmpMode:
-    """The trainer's precision for a config's ``amp``: ``auto`` is bf16 on CUDA, fp32 on CPU."""
+    """The trainer's precision for a config's ``amp``.
+
+    ``auto`` is bf16 on CUDA and on CPUs that compute bf16 natively (AMX or AVX512-BF16, where
+    it is about 1.2-2x faster than fp32 for ResNets), fp32 elsewhere.
+    """
     if amp == "auto":
-        return "bf16" if device.type == "cuda" else "off"
+        native = device.type == "cuda" or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return "bf16" if native else "off"
     return "off" if amp == "fp32" else amp  # type: ignore[return-value]
 
 
@@ -51,7 +60,9 @@ def build_schedule(cfg: OptimConfig, max_iters: int) -> Schedule:
         late = [s for s in cfg.steps if s >= max_iters]
         if late:
             # Not an error: a short debugging run of a long recipe is common, but say it.
-            print(f"note: lr steps {late} are at or past the run's {max_iters} iterations")
+            warnings.warn(
+                f"lr steps {late} are at or past the run's {max_iters} iterations", stacklevel=2
+            )
         return StepSchedule(cfg.lr, cfg.steps, gamma=cfg.gamma, warmup=warmup)
     if cfg.schedule == "cosine":
         return CosineSchedule(cfg.lr, max_iters, warmup=warmup)
@@ -89,7 +100,9 @@ def build_trainer(
     find_unused_parameters: bool = False,
 ) -> Trainer:
     """A ``Trainer`` for ``model`` with SGD and the schedule of ``optim``, settings of ``train``."""
-    max_iters = train.epochs * loader.batches_per_epoch if train.epochs > 0 else train.iters
+    # An iteration is one optimizer step, which consumes grad_accum batches.
+    per_epoch = max(1, loader.batches_per_epoch // train.grad_accum)
+    max_iters = train.epochs * per_epoch if train.epochs > 0 else train.iters
     optimizer = build_sgd(
         model,
         lr=optim.lr,
@@ -120,16 +133,18 @@ def build_trainer(
 
 
 def prepare_run_dir(out_dir: Path, config: Any, resume: Path | None) -> None:
-    """Create the run folder and write ``config.yaml`` (rank 0); a fresh run refuses a used one."""
-    if not distributed.is_main():
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Create the run folder and write ``config.yaml`` (rank 0); a fresh run refuses a used one.
+
+    Every rank checks, so that all of them stop rather than wait for rank 0 in a collective.
+    """
     if resume is None and (out_dir / "last.pt").exists():
         raise FileExistsError(
             f"{out_dir} already holds a run (last.pt): continue it with "
             f"--resume {out_dir / 'last.pt'}, or choose another --out"
         )
-    save_config(config, out_dir / "config.yaml")
+    if distributed.is_main():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:
@@ -141,3 +156,21 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 def checkpoint_meta(config: Any, task: str, model_signature: str, dataset: str) -> dict[str, Any]:
     """What checkpoints record about the run, checked when resuming and read by ``resdet eval``."""
     return {"config": to_dict(config), "task": task, "model": model_signature, "dataset": dataset}
+
+
+TASK_NAMES = {"cls": "classification", "det": "detection"}
+
+
+def config_from_checkpoint(path: Path, cls: type[C], task: str) -> tuple[C, dict[str, Any]]:
+    """The experiment config saved in checkpoint ``path`` and the whole checkpoint state.
+
+    A checkpoint of another task is refused, naming both.
+    """
+    state = load_checkpoint(path)
+    found = state["meta"].get("task")
+    if found != task:
+        raise ValueError(
+            f"{path} is a {TASK_NAMES.get(found, repr(found))} checkpoint, not a "
+            f"{TASK_NAMES[task]} one"
+        )
+    return from_dict(cls, state["meta"]["config"], where=f"{path} config"), state

@@ -109,6 +109,7 @@ class DetModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
+    roi_sampling_ratio: int | None = None  # RoIAlign samples per bin side; None: head default
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from resdet.evaluation.voc import VocEvaluator, VocResult, write_voc_results
 from resdet.experiments.common import (
     build_trainer,
     checkpoint_meta,
+    config_from_checkpoint,
     per_rank_batch,
     prepare_run_dir,
     resolve_amp,
@@ -130,7 +131,17 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         box_score_thresh=m.box_score_thresh,
         box_nms_thresh=m.box_nms_thresh,
         box_detections_per_img=m.box_detections_per_img,
+        roi_sampling_ratio=m.roi_sampling_ratio,
+        train_resize=False,  # build_det_dataset resizes, drawing the multi-scale size itself
     )
+
+
+def voc_metric(year: str, metric: str | None) -> str:
+    """``metric`` when given, else the year's own: voc07 (11-point) for 2007, voc12 after."""
+    chosen = metric or ("voc07" if str(year) == "2007" else "voc12")
+    if chosen not in ("voc07", "voc12"):
+        raise ValueError(f"VOC metric must be voc07 or voc12, got {chosen!r}")
+    return chosen
 
 
 def model_signature(cfg: DetExperiment) -> str:
@@ -144,9 +155,7 @@ def build_evaluator(dataset: Dataset, cfg: DetExperiment) -> CocoEvaluator | Voc
     from resdet.data.voc import voc_ground_truth
 
     if cfg.data.dataset in VOC_SETS:
-        metric = cfg.data.voc_metric or (
-            "voc07" if VOC_SETS[cfg.data.dataset][1][0] == "2007" else "voc12"
-        )
+        metric = voc_metric(VOC_SETS[cfg.data.dataset][1][0], cfg.data.voc_metric)
         return VocEvaluator(dataset.class_names, voc_ground_truth(dataset), metric)
     iou_types = ("bbox", "segm") if cfg.model.masks else ("bbox",)
     return CocoEvaluator(dataset.coco, iou_types, label_to_category_id=dataset.label_to_category_id)
@@ -186,7 +195,7 @@ def print_report(report: DetReport, title: str = "") -> None:
 
 
 def save_detections(evaluator: CocoEvaluator | VocEvaluator, dataset: Dataset, path: Path) -> None:
-    """COCO results JSON at ``path``; for VOC also comp4 files in ``path``'s folder."""
+    """COCO results JSON at ``path``; for VOC, ``comp4_det_test_<class>.txt`` files in ``path``."""
     if isinstance(evaluator, VocEvaluator):
         from resdet.data.voc import voc_image_names
 
@@ -196,7 +205,7 @@ def save_detections(evaluator: CocoEvaluator | VocEvaluator, dataset: Dataset, p
             for c, dets in evaluator.detections().items()
         }
         if distributed.is_main():
-            write_voc_results(path.parent / "voc_results", detections)
+            write_voc_results(path, detections)
         return
     results = evaluator.results()
     if distributed.is_main():
@@ -217,14 +226,26 @@ def train_detector(
     device = distributed.init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
     prepare_run_dir(out_dir, cfg, resume)
+    if cfg.data.dataset == "shapes":
+        from resdet.data.shapes import DEFAULT_ROOT, ensure_shapes
+
+        if distributed.is_main():  # one process writes the set, the others wait for it
+            ensure_shapes(cfg.data.root or DEFAULT_ROOT)
+        distributed.barrier()
     train_set = build_det_dataset(cfg.data, cfg.model, train=True)
     test_set = build_det_dataset(cfg.data, cfg.model, train=False)
+    if list(test_set.class_names) != list(train_set.class_names):
+        raise ValueError(
+            f"{cfg.data.dataset}: the evaluation set's classes {list(test_set.class_names)} "
+            f"differ from the training set's {list(train_set.class_names)}; give both the "
+            "same categories"
+        )
     # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
     backbone_weights = None if (resume or cfg.model.init) else cfg.model.backbone_weights
     model = build_model(cfg, len(train_set.class_names), backbone_weights=backbone_weights)
     if cfg.model.init and resume is None:
         for message in load_detector_state(model, load_checkpoint(cfg.model.init)["model"]):
-            print(message)
+            warnings.warn(message, stacklevel=2)
     group_ids = aspect_ratio_groups(train_set.aspect_ratios()) if cfg.data.aspect_grouping else None
     loader = TrainLoader(
         train_set,
@@ -267,8 +288,6 @@ def train_detector(
     if resume is not None:
         trainer.resume(resume)
     trainer.fit()
-    if not evaluator.last_result:  # resumed at the very end: evaluate once more
-        evaluate(trainer.model)
     report = report_of(evaluator)
     write_json(out_dir / "eval.json", report.as_json())
     return DetRunResult(report, out_dir, model.backbone_init)
@@ -283,10 +302,7 @@ def evaluate_detector_checkpoint(
     results_out: Path | None = None,
 ) -> DetReport:
     """Evaluate a detection checkpoint on its data set's evaluation split (read from it)."""
-    from resdet.config import from_dict
-
-    state = load_checkpoint(checkpoint)
-    cfg = from_dict(DetExperiment, state["meta"]["config"], where=f"{checkpoint} config")
+    cfg, state = config_from_checkpoint(checkpoint, DetExperiment, "det")
     if data_root is not None:
         cfg = replace(cfg, data=replace(cfg.data, root=data_root))
     if voc_metric is not None:
@@ -308,14 +324,8 @@ def evaluate_detector_checkpoint(
 
 def load_detector(checkpoint: Path, device: str = "auto") -> tuple[nn.Module, list[str]]:
     """A trained detector from a checkpoint, in eval mode on ``device``, and its class names."""
-    from resdet.config import from_dict
-
-    state = load_checkpoint(checkpoint)
-    meta = state["meta"]
-    if meta.get("task") != "det":
-        raise ValueError(f"{checkpoint} is a {meta.get('task')!r} checkpoint, not a detection one")
-    cfg = from_dict(DetExperiment, meta["config"], where=f"{checkpoint} config")
-    class_names = list(meta["class_names"])
+    cfg, state = config_from_checkpoint(checkpoint, DetExperiment, "det")
+    class_names = list(state["meta"]["class_names"])
     model = build_model(cfg, len(class_names), backbone_weights=None)
     model.load_state_dict(state["model"])
     return model.to(distributed.resolve_device(device)).eval(), class_names

@@ -94,11 +94,22 @@ def test_coco_format_train_eval_predict_resume(tmp_path, head, task):
     assert "AP50" in result.stdout
     # The saved results file evaluated on its own gives the checkpoint evaluation's numbers.
     gt = root / "annotations" / "instances_val2017.json"
-    invoke("eval", "--annotations", gt, "--results", results, "--json", tmp_path / "f.json")
-    from_checkpoint = json.loads((tmp_path / "e.json").read_text())["bbox"]
-    from_file = json.loads((tmp_path / "f.json").read_text())["bbox"]
-    assert from_file.pop("per_class") == pytest.approx(from_checkpoint.pop("per_class"))
-    assert from_file == pytest.approx(from_checkpoint)
+    for iou_type in iou_types:
+        invoke(
+            "eval",
+            "--annotations",
+            gt,
+            "--results",
+            results,
+            "--iou-type",
+            iou_type,
+            "--json",
+            tmp_path / "f.json",
+        )
+        from_checkpoint = json.loads((tmp_path / "e.json").read_text())[iou_type]
+        from_file = json.loads((tmp_path / "f.json").read_text())[iou_type]
+        assert from_file.pop("per_class") == pytest.approx(from_checkpoint.pop("per_class"))
+        assert from_file == pytest.approx(from_checkpoint)
 
     image = next((root / "val2017").glob("*.jpg"))
     invoke(
@@ -140,7 +151,7 @@ def test_voc_train_and_voc_tables(tmp_path):
         "--checkpoint",
         out / "last.pt",
         "--results-out",
-        tmp_path / "dt.json",
+        tmp_path / "voc_results",
         "--metric",
         "voc12",
         "--json",

@@ -13,8 +13,8 @@ from resdet.data.detection import (
     collate,
     decode_segmentation,
     read_image,
-    split_key,
 )
+from resdet.data.samplers import split_key
 
 
 def _noise_image(height: int, width: int) -> np.ndarray:
@@ -142,5 +142,8 @@ def test_collate_and_split_key() -> None:
     images, targets = collate(batch)
     assert [im.shape[1:] for im in images] == [(4, 5), (6, 2)]
     assert [t["image_id"] for t in targets] == [1, 2]
-    assert split_key(3) == (3, None)
-    assert split_key((3, 99)) == (3, 99)
+    assert split_key(3, 5) == (3, None)
+    assert split_key((3, 99), 5) == (3, 99)
+    assert split_key(-1, 5) == (4, None)
+    with pytest.raises(IndexError, match="out of range"):
+        split_key(5, 5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -95,9 +96,9 @@ def test_annotations_match_masks_and_spec(shapes_root) -> None:
             seen = union.setdefault(ann["image_id"], np.zeros((128, 128), np.uint8))
             assert not (seen & mask).any()  # visible parts never overlap
             seen |= mask
-            # Shapes are 12-60 px (module spec); occlusion can only shrink a box, rotation of a
-            # square grows it to at most 60 * sqrt(2) < 85.
-            assert max(ann["bbox"][2:]) <= 85
+            # Shapes are at most OBJECT_SIZES[1] px (module spec); occlusion can only shrink a
+            # box, rotation of a square grows it by at most sqrt(2).
+            assert max(ann["bbox"][2:]) <= shapes.OBJECT_SIZES[1] * math.sqrt(2) + 1
         assert all(1 <= n <= shapes.MAX_OBJECTS for n in per_image.values())
 
 

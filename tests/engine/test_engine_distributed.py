@@ -67,7 +67,7 @@ def test_two_process_torchrun_trains_in_sync(tmp_path: Path) -> None:
     for rank in range(2):
         assert json.loads((out / f"rank{rank}.json").read_text()) == {"world": 2, "rank_seen": 0.0}
     # Parameters stay in sync; BN running statistics are per rank, as with any DDP run.
-    first, second = (torch.load(out / f"rank{rank}.pt") for rank in range(2))
+    first, second = (torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(2))
     assert first.keys() == {
         "conv.weight",
         "conv.bias",

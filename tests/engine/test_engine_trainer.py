@@ -235,3 +235,26 @@ def test_inference_restores_train_mode_and_feeds_the_evaluator() -> None:
         logits = model(torch.from_numpy(dataset.images))
     expected = (logits.argmax(1).numpy() != dataset.labels).mean()
     assert metrics["top1_err"] == pytest.approx(expected)
+
+
+def test_failed_final_evaluation_keeps_the_trained_state_and_resume_evaluates(
+    tmp_path: Path,
+) -> None:
+    trainer = build(tmp_path, checkpoint_period=None)
+    evaluate = trainer.evaluate
+
+    def fails_at_the_end(model: torch.nn.Module) -> dict[str, float]:
+        if trainer.iteration == trainer.max_iters:
+            raise RuntimeError("out of memory")
+        return evaluate(model)
+
+    trainer.evaluate = fails_at_the_end
+    with pytest.raises(RuntimeError, match="out of memory"):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 24  # not lost with the eval
+
+    resumed = build(tmp_path, checkpoint_period=None)
+    resumed.resume(tmp_path / "last.pt")
+    metrics = resumed.fit()
+    assert metrics and [r["iter"] for r in records(tmp_path) if r["type"] == "eval"][-1] == 24
+    assert load_checkpoint(tmp_path / "last.pt")["trainer"]["evaluated_at"] == 24

@@ -10,11 +10,10 @@ from torchvision.ops import FrozenBatchNorm2d
 
 import resdet
 from resdet.models.factory import Variant
+from resdet.models.torchvision_io import export_torchvision, import_torchvision
 from resdet.models.weights import (
     add_weights,
-    export_torchvision,
     find_weights,
-    import_torchvision,
     list_weights,
     load_into,
     remove_weights,

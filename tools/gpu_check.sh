@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The GPU paths in one short run (CUDA, bf16 and fp16 AMP, channels_last, NCCL under torchrun):
+# real CLI runs on tiny generated data, then an exact resume. Needs resdet installed with a
+# CUDA build of torch. Usage: bash tools/gpu_check.sh [OUT_DIR]
+set -euo pipefail
+out=${1:-$(mktemp -d)}
+export RESDET_HOME="$out/home"
+cd "$out"
+gpus=$(python -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print(torch.cuda.device_count())")
+python -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0), 'bf16', torch.cuda.is_bf16_supported())"
+python - <<'EOF'
+from resdet.data.synthetic import write_bright_dark_folder, write_tiny_coco
+write_bright_dark_folder("bd")
+write_tiny_coco("coco", n_images=8, with_masks=True)
+EOF
+cls="--iters 20 --batch-size 16 --device cuda --set model.name=cifar_resnet20 --set data.crop_size=32
+     --set data.train_scale=[32,40] --set data.test_size=32 --set data.lighting=0 --set train.eval_period=10"
+for amp in bf16 fp16; do
+  resdet train-cls folder:bd --out "cls-$amp" $cls --set train.amp=$amp --set train.channels_last=true
+done
+det="--backbone resnet18 --device cuda --batch-size 4 --set model.backbone_weights=null
+     --set model.min_size=[120] --set model.max_size=160 --set train.eval_period=0"
+resdet train-det coco --data-dir coco --head fpn --task segm --iters 10 --out det-fpn $det
+resdet train-det coco --data-dir coco --head c4 --iters 6 --out det-c4 $det --set train.checkpoint_period=3
+resdet train-det coco --resume det-c4/last.pt --iters 12
+resdet eval --checkpoint det-fpn/last.pt --json det-fpn/eval-again.json
+torchrun --standalone --nproc_per_node "$gpus" -m resdet train-cls folder:bd --out cls-ddp $cls --set train.amp=bf16
+echo "gpu_check: all GPU paths ran ($gpus GPU(s)); results in $out"
