@@ -106,6 +106,7 @@ class DetModelConfig:
     rpn_batch_size_per_image: int = 256
     box_batch_size_per_image: int = 512  # sampled RoIs per image
     box_head_width: int = 1024  # FPN box head MLP width
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)  # FPN mask head conv widths
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100

@@ -128,6 +128,7 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         rpn_batch_size_per_image=m.rpn_batch_size_per_image,
         box_batch_size_per_image=m.box_batch_size_per_image,
         box_head_width=m.box_head_width,
+        mask_head_layers=m.mask_head_layers,
         box_score_thresh=m.box_score_thresh,
         box_nms_thresh=m.box_nms_thresh,
         box_detections_per_img=m.box_detections_per_img,

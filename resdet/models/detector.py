@@ -82,6 +82,7 @@ def build_detector(
     rpn_batch_size_per_image: int = 256,
     box_batch_size_per_image: int = 512,
     box_head_width: int = 1024,
+    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256),
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
@@ -105,7 +106,9 @@ def build_detector(
     ``min_size`` (one value, or several for random multi-scale training) and ``max_size`` are
     the resize limits in pixels. ``anchor_sizes`` in pixels: C4 puts them all on its one
     stride-16 level (x ``aspect_ratios`` = 15 anchors per location); FPN puts one per level
-    P2..P6 (5 sizes). ``box_head_width`` is the FPN ``TwoMLPHead`` width (C4's box head is
+    P2..P6 (5 sizes). ``mask_head_layers`` are the FPN mask head's 3x3 conv widths
+    (torchvision's four 256s; that head dominates the CPU time of small-image training).
+    ``box_head_width`` is the FPN ``TwoMLPHead`` width (C4's box head is
     res5, whose width the backbone fixes). The other arguments are torchvision's
     ``FasterRCNN`` arguments of the same name, with its defaults (detectron2's C4 configs keep
     more proposals before NMS, 12000 in training and 6000 in testing). ``roi_sampling_ratio``
@@ -132,7 +135,14 @@ def build_detector(
         parts = c4_parts(resnet, num_classes, masks, anchor_sizes, aspect_ratios, channels_last)
     else:
         parts = _fpn_parts(
-            resnet, num_classes, masks, anchor_sizes, aspect_ratios, box_head_width, channels_last
+            resnet,
+            num_classes,
+            masks,
+            anchor_sizes,
+            aspect_ratios,
+            box_head_width,
+            mask_head_layers,
+            channels_last,
         )
     common = {
         "min_size": min_size,
@@ -363,6 +373,7 @@ def _fpn_parts(
     anchor_sizes: tuple[int, ...],
     aspect_ratios: tuple[float, ...],
     box_head_width: int,
+    mask_head_layers: tuple[int, ...],
     channels_last: bool,
 ) -> DetectorParts:
     if len(anchor_sizes) != FPN_LEVELS:
@@ -386,8 +397,10 @@ def _fpn_parts(
     return replace(
         parts,
         mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(FPN_CHANNELS, [256, 256, 256, 256], 1),
-        mask_predictor=MaskRCNNPredictor(256, 256, num_classes + 1),
+        mask_head=MaskRCNNHeads(FPN_CHANNELS, list(mask_head_layers), 1),
+        mask_predictor=MaskRCNNPredictor(
+            mask_head_layers[-1], mask_head_layers[-1], num_classes + 1
+        ),
     )
 
 
