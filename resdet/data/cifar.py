@@ -92,7 +92,34 @@ def split_indices(num_train: int, val_size: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(order[:cut]), np.sort(order[cut:])
 
 
-class Cifar10(Dataset):
+class SmallImageSet(Dataset):
+    """32x32 uint8 images held in memory, fed as in the paper's CIFAR-10 experiments.
+
+    Subclasses set ``images`` uint8 [N, 32, 32, 3], ``labels`` [N], ``mean_image`` float32
+    [32, 32, 3] (per-pixel training mean) and ``augment``; ``flip`` says whether augmentation
+    may mirror. Samples are ``(float32 [3, 32, 32], label)``: mean subtracted, /255, and with
+    ``augment`` padded by 4 and randomly cropped (and flipped).
+    """
+
+    flip = True
+    images: np.ndarray
+    labels: np.ndarray
+    mean_image: np.ndarray
+    augment: bool
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: index or ``(index, seed)`` (docs/contracts.md)."""
+        index, rng = parse_key(key, len(self))
+        image = subtract_mean_image(self.images[index], self.mean_image)
+        if self.augment:
+            image = pad_crop_flip(image, rng, pad=4, flip=self.flip)
+        return to_chw_tensor(image), int(self.labels[index])
+
+
+class Cifar10(SmallImageSet):
     """CIFAR-10 images as ``(image float32 [3, 32, 32], label int)`` samples.
 
     ``split`` is ``"train"``, ``"val"`` or ``"test"``. With ``val_size > 0`` the 50,000 training
@@ -154,14 +181,3 @@ class Cifar10(Dataset):
         self.class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         self.split = split
         self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``key``: index or ``(index, seed)``. Returns (float32 ``[3, 32, 32]``, label 0..9)."""
-        index, rng = parse_key(key, len(self))
-        image = subtract_mean_image(self.images[index], self.mean_image)
-        if self.augment:
-            image = pad_crop_flip(image, rng, pad=4, flip=True)
-        return to_chw_tensor(image), int(self.labels[index])

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-import torch
-from torch.utils.data import Dataset
 
-from resdet.data.cls_transforms import pad_crop_flip, parse_key, subtract_mean_image, to_chw_tensor
+from resdet.data.cifar import SmallImageSet
 
 TEST_SIZE = 360  # of 1,797 images, leaving 1,437 for training
 SPLIT_SEED = 0
@@ -46,7 +44,7 @@ def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(train), np.sort(test)
 
 
-class Digits(Dataset):
+class Digits(SmallImageSet):
     """Digits as ``(image float32 [3, 32, 32], label int)`` samples; ``split`` is train or test.
 
     Normalisation is CIFAR's: ``(x - mean_image) / 255`` with the per-pixel mean of the training
@@ -54,6 +52,8 @@ class Digits(Dataset):
     a mirrored digit is not the same digit (a mirrored 3 or 7 is no digit at all), so flipping
     would train on images that no test digit looks like.
     """
+
+    flip = False
 
     num_classes = 10
     class_names = [str(d) for d in range(10)]
@@ -68,14 +68,3 @@ class Digits(Dataset):
         self.images, self.labels = images[chosen], labels[chosen]
         self.split = split
         self.augment = augment
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``key``: index or ``(index, seed)``. Returns (float32 ``[3, 32, 32]``, label 0..9)."""
-        index, rng = parse_key(key, len(self))
-        image = subtract_mean_image(self.images[index], self.mean_image)
-        if self.augment:
-            image = pad_crop_flip(image, rng, pad=4, flip=False)
-        return to_chw_tensor(image), int(self.labels[index])

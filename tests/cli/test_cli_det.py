@@ -3,13 +3,12 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
+from cli_helpers import invoke, runner
 
 from resdet.cli import app
 from resdet.data.synthetic import write_tiny_coco, write_tiny_voc
 from resdet.evaluation.coco import STAT_NAMES
 
-runner = CliRunner()
 # Small everything: 120x160 images at their own size, few proposals, a narrow box head.
 TINY = [
     "--workers",
@@ -50,18 +49,6 @@ TINY = [
     "--set",
     "optim.steps=[]",
 ]
-
-
-@pytest.fixture(autouse=True)
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESDET_HOME", str(tmp_path / "home"))
-    monkeypatch.chdir(tmp_path)
-
-
-def invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.mark.parametrize(("head", "task"), [("c4", "det"), ("fpn", "segm")])

@@ -5,17 +5,10 @@ import json
 import pytest
 import torch
 import torchvision
-from typer.testing import CliRunner
+from cli_helpers import runner
 
 import resdet
 from resdet.cli import app
-
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("RESDET_HOME", str(tmp_path / "home"))
 
 
 def test_version():
