@@ -3,8 +3,8 @@
 conv1..conv4 (stem, res2..res4) form the shared body at stride 16 that feeds the RPN and the RoI
 pooler; conv5_x runs per RoI, followed by global average pooling and the two sibling layers
 (``FastRCNNPredictor``). The paper pooled with RoI pooling; like detectron2's ``Res5ROIHeads``
-resdet uses RoIAlign (torchvision's ``MultiScaleRoIAlign``, 14x14), which is more accurate.
-With masks, the mask branch reuses the same res5 on 14x14 RoIs of res4, as detectron2's C4.
+resdet uses RoIAlign (14x14, torchvision's numbers; ``resdet.models.roi_align``), which is more
+accurate. With masks, the mask branch reuses the same res5 on 14x14 RoIs of res4, as detectron2's C4.
 ``DetectorParts`` is the set of modules either head layout hands to ``build_detector``.
 """
 
@@ -21,6 +21,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from resdet.models.resnet import ResNet
+from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
 _STEM_AND_RES2_TO_RES4 = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
 
@@ -126,7 +127,7 @@ def c4_parts(
     parts = DetectorParts(
         backbone=C4Backbone(resnet, channels_last),
         anchor_generator=AnchorGenerator((tuple(anchor_sizes),), (tuple(aspect_ratios),)),
-        box_roi_pool=MultiScaleRoIAlign(["res4"], output_size=14, sampling_ratio=0),
+        box_roi_pool=GatherMultiScaleRoIAlign(["res4"], output_size=14, sampling_ratio=0),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(res5_channels, num_classes + 1),
     )
@@ -134,7 +135,7 @@ def c4_parts(
         return parts
     return replace(
         parts,
-        mask_roi_pool=MultiScaleRoIAlign(["res4"], output_size=14, sampling_ratio=0),
+        mask_roi_pool=GatherMultiScaleRoIAlign(["res4"], output_size=14, sampling_ratio=0),
         mask_head=Res5MaskHead(box_head),
         mask_predictor=MaskRCNNPredictor(res5_channels, 256, num_classes + 1),
     )

@@ -28,7 +28,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from resdet.models.api import create_model
@@ -36,6 +36,7 @@ from resdet.models.blocks import Shortcut
 from resdet.models.c4 import DetectorParts, c4_parts, maybe_channels_last
 from resdet.models.factory import get_spec
 from resdet.models.resnet import ResNet
+from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
 __all__ = [
     "FusedFrozenBatchNorm2d",
@@ -113,8 +114,8 @@ def build_detector(
     ``FasterRCNN`` arguments of the same name, with its defaults (detectron2's C4 configs keep
     more proposals before NMS, 12000 in training and 6000 in testing). ``roi_sampling_ratio``
     sets the RoIAlign sample points per bin side (None: torchvision's 2 for FPN, adaptive for
-    C4; 1 makes CPU training about 1.5x faster, RoIAlign's backward being the bottleneck
-    there). ``train_resize=False``
+    C4). RoIAlign is torchvision's, computed as one gather on CPU (``resdet.models.roi_align``,
+    5-7x faster there to train). ``train_resize=False``
     skips the model's resize in training, for data pipelines that resize (and draw the
     multi-scale size) themselves, as resdet's do.
 
@@ -388,7 +389,7 @@ def _fpn_parts(
         anchor_generator=AnchorGenerator(
             tuple((size,) for size in anchor_sizes), (tuple(aspect_ratios),) * FPN_LEVELS
         ),
-        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=GatherMultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(FPN_CHANNELS * 7**2, box_head_width),
         box_predictor=FastRCNNPredictor(box_head_width, num_classes + 1),
     )
@@ -396,7 +397,7 @@ def _fpn_parts(
         return parts
     return replace(
         parts,
-        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_roi_pool=GatherMultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
         mask_head=MaskRCNNHeads(FPN_CHANNELS, list(mask_head_layers), 1),
         mask_predictor=MaskRCNNPredictor(
             mask_head_layers[-1], mask_head_layers[-1], num_classes + 1

@@ -157,7 +157,7 @@ def test_torchvision_r50_fpn_state_dicts_load_strictly() -> None:
     ours.load_state_dict(reference.state_dict(), strict=True)
 
 
-def test_torchvision_r50_fpn_gives_identical_detections() -> None:
+def test_torchvision_r50_fpn_gives_the_same_detections() -> None:
     torch.manual_seed(0)
     # 100 proposals keep the 12544x1024 fc6 cheap; box_score_thresh=0 keeps random detections.
     sizes = {
@@ -192,10 +192,12 @@ def test_torchvision_r50_fpn_gives_identical_detections() -> None:
         channels_last = ours(images)[0]
     # box_score_thresh=0: random weights fill torchvision's box_detections_per_img (100)
     assert len(expected["boxes"]) == 100
-    # Same kernels in the same memory order: bit for bit (FusedFrozenBatchNorm2d runs the
-    # batch_norm kernel that torchvision's untrained BatchNorm2d runs in eval mode).
-    for key in ("boxes", "labels", "scores"):
-        assert torch.equal(same_order[key], expected[key]), key
+    # Same kernels in the same memory order (FusedFrozenBatchNorm2d runs the batch_norm kernel
+    # that torchvision's untrained BatchNorm2d runs in eval mode) except RoIAlign, whose gather
+    # sums each bin's four corners in another order: rounding only.
+    assert torch.equal(same_order["labels"], expected["labels"])
+    torch.testing.assert_close(same_order["boxes"], expected["boxes"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(same_order["scores"], expected["scores"], atol=1e-5, rtol=0)
     # Channels-last convolutions sum in another order: float rounding only (measured up to
     # 2e-2 px and 1e-4 in score at 128-512 px with tools/bench_det_infer.py).
     assert torch.equal(channels_last["labels"], expected["labels"])
