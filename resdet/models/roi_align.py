@@ -103,29 +103,19 @@ def _gather_roi_align(
         level_start = torch.tensor([0, *level_rows[:-1]]).cumsum(0)[levels]
         scale = torch.tensor(scales, dtype=torch.float32)[levels]
 
-        offset = 0.5 if aligned else 0.0
+        # Pixel-model coordinates on each RoI's level (aligned: pixel centres at +0.5).
+        box = rois[:, 1:] * scale[:, None] - (0.5 if aligned else 0.0)
         y_corners, y_weights, grid_h = _axis(
-            rois[:, 2] * scale - offset,
-            rois[:, 4] * scale - offset,
-            heights,
-            out_h,
-            sampling_ratio,
-            aligned,
+            box[:, 1], box[:, 3], heights, out_h, sampling_ratio, aligned
         )
         x_corners, x_weights, grid_w = _axis(
-            rois[:, 1] * scale - offset,
-            rois[:, 3] * scale - offset,
-            widths,
-            out_w,
-            sampling_ratio,
-            aligned,
+            box[:, 0], box[:, 2], widths, out_w, sampling_ratio, aligned
         )
         first_row = level_start + rois[:, 0].long() * heights * widths
-        # Table rows [K, out_h, grid_h, 2] and columns [K, out_w, grid_w, 2] of the corners
+        # Table rows [K, out_h, grid_h, 2] of the corners' image rows; their columns are x_corners
         row = first_row[:, None, None, None] + y_corners * widths[:, None, None, None]
-        col = x_corners
         # One bag per output bin: [K, out_h, out_w, grid_h, grid_w, 2, 2] corners.
-        index = row[:, :, None, :, None, :, None] + col[:, None, :, None, :, None, :]
+        index = row[:, :, None, :, None, :, None] + x_corners[:, None, :, None, :, None, :]
         count = (grid_h * grid_w).clamp(min=1).float()
         weight = (
             y_weights[:, :, None, :, None, :, None]
