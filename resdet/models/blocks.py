@@ -6,6 +6,7 @@ option-B state dicts load into torchvision's ResNet and back without renaming.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Literal
 
@@ -194,3 +195,73 @@ def init_weights(model: nn.Module, zero_init_residual: bool) -> None:
                 norm = m.last_norm()
                 if isinstance(norm, nn.BatchNorm2d):
                     nn.init.zeros_(norm.weight)
+
+
+class StagedNet(nn.Module):
+    """What the ImageNet and CIFAR nets share: a stem, stages ``layer1..layerN`` whose outputs
+    are ``res2..res(N+1)``, global average pooling and a linear classifier.
+
+    Subclasses build their stem modules first (the state dict keeps torchvision's order), then
+    call ``_add_stages``, and define ``stem``.
+    """
+
+    feature_info: dict[str, tuple[int, int]]  # "res<k>": (channels, stride)
+
+    def _add_stages(
+        self,
+        block: Block,
+        in_planes: int,
+        widths: tuple[int, ...],
+        depths: tuple[int, ...],
+        *,
+        stem_stride: int,
+        num_classes: int,
+        residual: bool,
+        shortcut: Shortcut,
+        stride_in_1x1: bool,
+        norm_layer: NormLayer,
+        zero_init_residual: bool,
+    ) -> None:
+        """Stages of ``depths`` blocks of ``widths`` filters (stride 2 from the second on),
+        the classifier, and He initialisation of the whole net."""
+        self.feature_info = {}
+        for i, (planes, depth) in enumerate(zip(widths, depths, strict=True)):
+            stage = make_stage(
+                block,
+                in_planes,
+                planes,
+                depth,
+                stride=1 if i == 0 else 2,
+                residual=residual,
+                shortcut=shortcut,
+                norm_layer=norm_layer,
+                stride_in_1x1=stride_in_1x1,
+            )
+            self.add_module(f"layer{i + 1}", stage)
+            in_planes = planes * block.expansion
+            self.feature_info[f"res{i + 2}"] = (in_planes, stem_stride * 2**i)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        init_weights(self, zero_init_residual)
+
+    @property
+    def stages(self) -> list[nn.Module]:
+        return [getattr(self, f"layer{i + 1}") for i in range(len(self.feature_info))]
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward_features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
+        """Stage outputs ``res2``.. ([B, C_k, H/s_k, W/s_k], see ``feature_info``)."""
+        features: OrderedDict[str, torch.Tensor] = OrderedDict()
+        x = self.stem(x)
+        for name, stage in zip(self.feature_info, self.stages, strict=True):
+            x = stage(x)
+            features[name] = x
+        return features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.fc(torch.flatten(self.avgpool(x), 1))

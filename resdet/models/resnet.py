@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from resdet.models.blocks import (
-    BasicBlock,
-    Block,
-    Bottleneck,
-    NormLayer,
-    Shortcut,
-    init_weights,
-    make_stage,
-)
+from resdet.models.blocks import BasicBlock, Block, Bottleneck, NormLayer, Shortcut, StagedNet
 
 
 @dataclass(frozen=True)
@@ -36,7 +27,7 @@ IMAGENET_SPECS: dict[int, StackSpec] = {
 }
 
 
-class ResNet(nn.Module):
+class ResNet(StagedNet):
     """ImageNet ResNet (``residual=True``) or plain net of paper Table 1.
 
     Input [B, 3, H, W] (224x224 in the paper) -> logits [B, num_classes]. Stage outputs
@@ -59,46 +50,20 @@ class ResNet(nn.Module):
         self.bn1 = norm_layer(64)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
-        in_planes = 64
-        self.feature_info: dict[str, tuple[int, int]] = {}
-        for i, (planes, depth) in enumerate(zip((64, 128, 256, 512), spec.stages, strict=True)):
-            stage = make_stage(
-                spec.block,
-                in_planes,
-                planes,
-                depth,
-                stride=1 if i == 0 else 2,
-                residual=residual,
-                shortcut=shortcut,
-                norm_layer=norm_layer,
-                stride_in_1x1=stride_in_1x1,
-            )
-            self.add_module(f"layer{i + 1}", stage)
-            in_planes = planes * spec.block.expansion
-            self.feature_info[f"res{i + 2}"] = (in_planes, 4 * 2**i)
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(in_planes, num_classes)
-        init_weights(self, zero_init_residual)
-
-    @property
-    def stages(self) -> list[nn.Sequential]:
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+        self._add_stages(
+            spec.block,
+            64,
+            (64, 128, 256, 512),
+            spec.stages,
+            stem_stride=4,
+            num_classes=num_classes,
+            residual=residual,
+            shortcut=shortcut,
+            stride_in_1x1=stride_in_1x1,
+            norm_layer=norm_layer,
+            zero_init_residual=zero_init_residual,
+        )
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         """conv1 + BN + ReLU + max pool: [B, 3, H, W] -> [B, 64, H/4, W/4]."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
-
-    def forward_features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:
-        """Stage outputs ``res2``..``res5`` ([B, C_k, H/s_k, W/s_k], see ``feature_info``)."""
-        features: OrderedDict[str, torch.Tensor] = OrderedDict()
-        x = self.stem(x)
-        for name, stage in zip(self.feature_info, self.stages, strict=True):
-            x = stage(x)
-            features[name] = x
-        return features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.fc(torch.flatten(self.avgpool(x), 1))
