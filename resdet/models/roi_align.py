@@ -126,7 +126,8 @@ def _gather_roi_align(
         pooled = F.embedding_bag(
             index.reshape(bags), table, per_sample_weights=weight.reshape(bags), mode="sum"
         )
-    return pooled.view(len(rois), out_h, out_w, channels).permute(0, 3, 1, 2).to(dtype)
+    # Cast while the rows are contiguous; the permute is a view (channels-last strides).
+    return pooled.to(dtype).view(len(rois), out_h, out_w, channels).permute(0, 3, 1, 2)
 
 
 def _axis(
