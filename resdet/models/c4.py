@@ -4,7 +4,8 @@ conv1..conv4 (stem, res2..res4) form the shared body at stride 16 that feeds the
 pooler; conv5_x runs per RoI, followed by global average pooling and the two sibling layers
 (``FastRCNNPredictor``). The paper pooled with RoI pooling; like detectron2's ``Res5ROIHeads``
 resdet uses RoIAlign (14x14, torchvision's numbers; ``resdet.models.roi_align``), which is more
-accurate. With masks, the mask branch reuses the same res5 on 14x14 RoIs of res4, as detectron2's C4.
+accurate. With masks, the mask branch reuses the same res5 on 14x14 RoIs of res4, as
+detectron2's C4.
 ``DetectorParts`` is the set of modules either head layout hands to ``build_detector``.
 """
 
