@@ -91,6 +91,34 @@ def models(
     console.print(table)
 
 
+@app.command()
+def datasets(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the data sets train-cls and train-det accept, and where each is read from."""
+    from resdet.data.catalog import CLS_DATASETS, DET_DATASETS, spelling
+
+    rows = [
+        {
+            "name": spelling(registry, name),
+            "command": command,
+            "default_root": registry.get(name).default_root,
+            "summary": registry.get(name).summary,
+        }
+        for command, registry in (("train-cls", CLS_DATASETS), ("train-det", DET_DATASETS))
+        for name in registry
+    ]
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="resdet data sets (--data-dir or data.root replaces the folder)")
+    for column in ("name", "command", "folder", "what"):
+        table.add_column(column, no_wrap=column != "what")
+    for row in rows:
+        table.add_row(row["name"], row["command"], row["default_root"] or "-", row["summary"])
+    console.print(table)
+
+
 @weights_app.command("list")
 def weights_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,

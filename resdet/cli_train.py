@@ -96,7 +96,9 @@ def load_run_config(
 
 
 def train_cls(
-    dataset: Annotated[str, typer.Argument(help="cifar10, imagenet, digits or folder:PATH.")],
+    dataset: Annotated[
+        str, typer.Argument(help="cifar10, imagenet, digits, folder:PATH (`resdet datasets`).")
+    ],
     depth: Annotated[
         int | None, typer.Option("--depth", help="Network depth, e.g. 56 or 101.")
     ] = None,
@@ -196,7 +198,10 @@ def det_recipe(dataset: str, backbone: str | None, head: str | None, *, masks: b
 
 def train_det(
     dataset: Annotated[
-        str, typer.Argument(help="shapes, coco, voc0712, voc2007, voc2012 or coco-format:PATH.")
+        str,
+        typer.Argument(
+            help="shapes, coco, voc0712, voc2007, voc2012, coco-format:PATH (`resdet datasets`)."
+        ),
     ],
     backbone: Annotated[str | None, typer.Option("--backbone", help="e.g. resnet101.")] = None,
     head: Annotated[str | None, typer.Option("--head", help="c4 (the paper's) or fpn.")] = None,

@@ -13,8 +13,9 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Maps names to entries; raises on duplicates and suggests close names on a miss."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, list_command: str) -> None:
         self.kind = kind
+        self.list_command = list_command  # the CLI command that lists the entries
         self._entries: dict[str, T] = {}
 
     def register(self, name: str, entry: T) -> T:
@@ -32,7 +33,7 @@ class Registry(Generic[T]):
             close = difflib.get_close_matches(name, self._entries, n=5, cutoff=0.5)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise KeyError(
-                f"unknown {self.kind} {name!r}{hint} (list them all with `resdet models`)"
+                f"unknown {self.kind} {name!r}{hint} (list them all with `{self.list_command}`)"
             ) from None
 
     def list(self, pattern: str = "*") -> list[str]:

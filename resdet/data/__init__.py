@@ -1,9 +1,10 @@
 """Datasets, transforms and samplers.
 
-Classification: ``build_cls_dataset(name, root, split, train=...)`` builds ``cifar10``,
-``imagenet``, ``digits`` or ``folder:PATH`` (see resdet.data.folder).
+Datasets are built by registered name (``resdet.data.catalog``; ``resdet datasets`` lists them):
+``build_cls_dataset("cifar10", root, split, train=...)`` for classification,
+``build_det_dataset("coco", root, train=...)`` for detection.
 """
 
-from resdet.data.folder import build_cls_dataset
+from resdet.data.catalog import build_cls_dataset, build_det_dataset
 
-__all__ = ["build_cls_dataset"]
+__all__ = ["build_cls_dataset", "build_det_dataset"]

@@ -1,8 +1,7 @@
-"""Class-subfolder image sets (ImageNet and user folders) and the classification dataset builder."""
+"""Class-subfolder image sets: ImageNet and users' folders."""
 
 from __future__ import annotations
 
-import difflib
 import os
 import warnings
 from pathlib import Path
@@ -12,7 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from resdet.data.cifar import Cifar10
 from resdet.data.cls_transforms import (
     center_crop,
     lighting,
@@ -26,7 +24,6 @@ from resdet.data.cls_transforms import (
     to_chw_tensor,
     to_unit_float,
 )
-from resdet.data.digits import Digits
 
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -36,8 +33,6 @@ IMAGENET_LAYOUT = (
     "folders each; the 50,000 val images re-arranged into class folders, e.g. with the standard "
     "valprep.sh script)"
 )
-DATASET_NAMES = ("cifar10", "imagenet", "digits", "folder:PATH")
-DEFAULT_ROOTS = {"cifar10": Path("datasets/cifar10"), "imagenet": Path("datasets/imagenet")}
 
 
 def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
@@ -243,69 +238,27 @@ def build_imagenet(
     return dataset
 
 
-def build_cls_dataset(
-    name: str,
-    root: str | Path | None,
+def build_image_folder(
+    path: str | Path,
     split: str,
     *,
     train: bool,
     ten_crop: bool = False,
-    val_size: int = 0,
     train_scale: tuple[int, int] = (256, 480),
     crop: int = 224,
     test_size: int = 256,
     lighting_std: float = 0.1,
-    download: bool = False,
-) -> Dataset:
-    """A classification dataset by name: ``cifar10``, ``imagenet``, ``digits`` or ``folder:PATH``.
-
-    ``root`` is the dataset folder (None: ``datasets/cifar10`` or ``datasets/imagenet``; ignored by
-    digits and folder:PATH, whose folder is PATH). ``split`` is cifar10's train/val/test,
-    imagenet's train/val, digits' train/test or any subfolder of PATH (``PATH/<split>/<class>/*``).
-    ``train`` switches augmentation on. ``ten_crop``, ``train_scale``, ``crop``, ``test_size`` and
-    ``lighting_std`` (AlexNet PCA lighting, 0 disables) apply to imagenet and folder sets, ``val_size`` and ``download`` to cifar10.
-    Every dataset has ``num_classes`` and ``class_names`` and yields ``(float32 [3, H, W], label)``.
-    """
-    if name in ("cifar10", "digits") and ten_crop:
-        raise ValueError(f"{name} is tested on the single original 32x32 view; drop ten_crop")
-    if val_size and name != "cifar10":
-        raise ValueError(f"val_size applies to cifar10 only, not {name}")
-    if download and name != "cifar10":
-        raise ValueError(
-            f"only cifar10 can be downloaded; {name} must be put in place by hand"
-            + (f". {IMAGENET_LAYOUT}" if name == "imagenet" else "")
-        )
-    if name == "cifar10":
-        return Cifar10(
-            root or DEFAULT_ROOTS[name], split, augment=train, val_size=val_size, download=download
-        )
-    if name == "digits":
-        return Digits(split, augment=train)
-    if name == "imagenet":
-        return build_imagenet(
-            root or DEFAULT_ROOTS[name],
-            split,
-            train=train,
-            ten_crop=ten_crop,
-            train_scale=train_scale,
-            crop=crop,
-            test_size=test_size,
-            lighting_std=lighting_std,
-        )
-    if name.startswith("folder:") and len(name) > len("folder:"):
-        path = Path(name[len("folder:") :])
-        layout = f"expected {path}/{split}/<class>/<image> files"
-        return ImageFolderDataset(
-            _split_folder(path, split, layout),
-            train=train,
-            ten_crop=ten_crop,
-            train_scale=train_scale,
-            crop=crop,
-            test_size=test_size,
-            lighting_std=lighting_std,
-        )
-    close = difflib.get_close_matches(name, DATASET_NAMES, n=2, cutoff=0.5)
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
-    raise ValueError(
-        f"unknown classification dataset {name!r}{hint}; valid names: {', '.join(DATASET_NAMES)}"
+) -> ImageFolderDataset:
+    """The ``split`` subfolder of a user's ``path/<split>/<class>/<image>`` tree, with
+    ImageNet's recipe (arguments as for ``ImageFolderDataset``)."""
+    path = Path(path)
+    layout = f"expected {path}/{split}/<class>/<image> files"
+    return ImageFolderDataset(
+        _split_folder(path, split, layout),
+        train=train,
+        ten_crop=ten_crop,
+        train_scale=train_scale,
+        crop=crop,
+        test_size=test_size,
+        lighting_std=lighting_std,
     )

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdet.data import build_cls_dataset
+from resdet.data.catalog import CLS_DATASETS, build_cls_dataset, find_dataset
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import distributed
 from resdet.engine.evaluate import inference
@@ -30,7 +30,6 @@ from resdet.models.classifier import Classifier
 
 # The split each data set is tested on; CIFAR-10 with a held-out part tests on it instead.
 TEST_SPLITS = {"cifar10": "test", "imagenet": "val", "digits": "test"}
-SMALL_IMAGE_DATASETS = ("cifar10", "digits")
 
 
 def test_split(data: ClsDataConfig) -> str:
@@ -181,10 +180,10 @@ def evaluate_checkpoint(
     folder sets only).
     """
     cfg, state = config_from_checkpoint(checkpoint, ClsExperiment, "cls")
-    if ten_crop and cfg.data.dataset in SMALL_IMAGE_DATASETS:
+    if ten_crop and "ten_crop" not in find_dataset(CLS_DATASETS, cfg.data.dataset)[0].options:
         raise ValueError(
-            f"{cfg.data.dataset} is tested on the single 32x32 view (paper section 4.2); "
-            "drop --ten-crop"
+            f"{cfg.data.dataset} is tested on a single view (for CIFAR-10 the paper's 32x32 "
+            "image, section 4.2); drop --ten-crop"
         )
     data = cfg.data if data_root is None else replace(cfg.data, root=data_root)
     target = distributed.resolve_device(device)

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from resdet.data.catalog import VOC_SETS, build_det_dataset
 from resdet.data.detection import collate
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.data.samplers import aspect_ratio_groups
@@ -30,77 +31,28 @@ from resdet.experiments.common import (
     seed_everything,
     write_json,
 )
-from resdet.experiments.configs import DetDataConfig, DetExperiment, DetModelConfig
+from resdet.experiments.configs import DetExperiment
 from resdet.models.detector import build_detector, load_detector_state
 
-VOC_SETS = {
-    # name: (training parts as (year, split)), (test year, test split)
-    "voc0712": ((("2007", "trainval"), ("2012", "trainval")), ("2007", "test")),
-    "voc2007": ((("2007", "trainval"),), ("2007", "test")),
-    "voc2012": ((("2012", "train"),), ("2012", "val")),
-}
-DATASETS = ("shapes", "coco", *VOC_SETS, "coco-format:PATH")
 
-
-def build_det_dataset(data: DetDataConfig, model: DetModelConfig, *, train: bool) -> Dataset:
-    """The training (``train``) or evaluation split of ``data``, resized as ``model`` expects.
+def build_dataset(cfg: DetExperiment, *, train: bool) -> Dataset:
+    """The training (``train``) or evaluation split of ``cfg.data``, resized as ``cfg.model``
+    expects.
 
     The data pipeline resizes to the detector's own ``min_size``/``max_size`` so that the
     model's internal resize is a no-op and decoding work stays in the loader processes.
     """
-    from resdet.data.coco import build_coco, build_coco_format
-    from resdet.data.shapes import DEFAULT_ROOT, build_shapes
-    from resdet.data.voc import VocConcat, build_voc
-
-    sizes = {
-        "min_size": model.min_size if train else model.min_size[-1],
-        "max_size": model.max_size,
-    }
-    name = data.dataset
-    if name == "shapes":
-        root = data.root or DEFAULT_ROOT
-        split = "train" if train else "val"
-        return build_shapes(
-            split,
-            train=train,
-            root=root,
-            with_masks=model.masks,
-            keep_empty=data.keep_empty,
-            **sizes,
-        )
-    if name == "coco":
-        root = data.root or "datasets/coco"
-        return build_coco(
-            root,
-            "train" if train else "val",
-            train=train,
-            with_masks=model.masks,
-            keep_empty=data.keep_empty,
-            **sizes,
-        )
-    if name.startswith("coco-format:"):
-        spec = name if train else (data.val_annotations or name)
-        if not train and data.val_annotations is None:
-            warnings.warn(
-                f"{name}: no data.val_annotations given, evaluating on the training file",
-                stacklevel=2,
-            )
-        return build_coco_format(
-            spec, train=train, with_masks=model.masks, keep_empty=data.keep_empty, **sizes
-        )
-    if name in VOC_SETS:
-        if model.masks:
-            raise ValueError(f"{name} has no instance masks: drop model.masks / --task segm")
-        root = data.root or "datasets/voc/VOCdevkit"
-        parts, (test_year, test_split) = VOC_SETS[name]
-        if not train:
-            return build_voc(root, test_year, test_split, train=False, **sizes)
-        sets = [
-            build_voc(root, year, split, train=True, keep_empty=data.keep_empty, **sizes)
-            for year, split in parts
-        ]
-        return sets[0] if len(sets) == 1 else VocConcat(sets)
-    raise ValueError(f"unknown detection dataset {name!r}; valid: {', '.join(DATASETS)}")
+    model = cfg.model
+    return build_det_dataset(
+        cfg.data.dataset,
+        cfg.data.root,
+        train=train,
+        with_masks=model.masks,
+        keep_empty=cfg.data.keep_empty,
+        min_size=model.min_size if train else model.min_size[-1],
+        max_size=model.max_size,
+        val_annotations=cfg.data.val_annotations,
+    )
 
 
 def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str | None) -> nn.Module:
@@ -133,7 +85,7 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         box_nms_thresh=m.box_nms_thresh,
         box_detections_per_img=m.box_detections_per_img,
         roi_sampling_ratio=m.roi_sampling_ratio,
-        train_resize=False,  # build_det_dataset resizes, drawing the multi-scale size itself
+        train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
     )
 
 
@@ -233,8 +185,8 @@ def train_detector(
         if distributed.is_main():  # one process writes the set, the others wait for it
             ensure_shapes(cfg.data.root or DEFAULT_ROOT)
         distributed.barrier()
-    train_set = build_det_dataset(cfg.data, cfg.model, train=True)
-    test_set = build_det_dataset(cfg.data, cfg.model, train=False)
+    train_set = build_dataset(cfg, train=True)
+    test_set = build_dataset(cfg, train=False)
     if list(test_set.class_names) != list(train_set.class_names):
         raise ValueError(
             f"{cfg.data.dataset}: the evaluation set's classes {list(test_set.class_names)} "
@@ -309,7 +261,7 @@ def evaluate_detector_checkpoint(
     if voc_metric is not None:
         cfg = replace(cfg, data=replace(cfg.data, voc_metric=voc_metric))
     target = distributed.resolve_device(device)
-    test_set = build_det_dataset(cfg.data, cfg.model, train=False)
+    test_set = build_dataset(cfg, train=False)
     model = build_model(cfg, len(test_set.class_names), backbone_weights=None)
     model.load_state_dict(state["model"])
     model.to(target)

@@ -46,7 +46,7 @@ class Variant:
     stride_in_1x1: bool = True
 
 
-MODELS: Registry[ModelSpec] = Registry("model")
+MODELS: Registry[ModelSpec] = Registry("model", "resdet models")
 
 for _depth in IMAGENET_SPECS:
     for _residual, _prefix in ((True, "resnet"), (False, "plain")):

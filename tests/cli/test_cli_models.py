@@ -35,6 +35,19 @@ def test_models_table_and_unknown_pattern():
     assert result.exit_code == 2 and "no model matches" in result.output
 
 
+def test_datasets_lists_both_registries():
+    result = runner.invoke(app, ["datasets", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["cifar10"]["command"] == "train-cls"
+    assert rows["cifar10"]["default_root"] == "datasets/cifar10"
+    assert rows["coco-format:PATH"]["command"] == "train-det"
+    assert rows["coco-format:PATH"]["default_root"] is None
+    assert {"folder:PATH", "digits", "imagenet", "shapes", "coco", "voc0712"} <= set(rows)
+    table = runner.invoke(app, ["datasets"])
+    assert table.exit_code == 0 and "voc2012" in table.stdout
+
+
 def test_weights_import_export_round_trip_through_cli(tmp_path):
     torch.manual_seed(0)
     reference = torchvision.models.resnet18(weights=None).eval()

@@ -1,0 +1,317 @@
+"""The dataset registries: every name that ``train-cls``, ``train-det`` and configs accept.
+
+Each name maps to a ``DatasetEntry``: a builder, a one-line summary and where the data is read
+from. ``NAME:PATH`` entries (``folder``, ``coco-format``) take the data's path after the colon.
+``resdet datasets`` lists both registries. A project adds its own set the same way::
+
+    from resdet.data.catalog import DET_DATASETS, DatasetEntry
+    DET_DATASETS.register("parts", DatasetEntry(build_parts, "machine parts, COCO format"))
+
+Classification builders are called as ``build(path, root, split, train=..., **options)`` with the
+``options`` their entry names (see ``build_cls_dataset``), detection builders with one
+``DetRequest``. Builders import their modules when called, so listing stays cheap.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from resdet.registry import Registry
+
+__all__ = [
+    "CLS_DATASETS",
+    "CLS_OPTIONS",
+    "DET_DATASETS",
+    "DatasetEntry",
+    "DetRequest",
+    "build_cls_dataset",
+    "build_det_dataset",
+    "find_dataset",
+]
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    build: Callable[..., Dataset]
+    summary: str
+    default_root: str | None = None  # read from here when no root is given
+    takes_path: bool = False  # spelled NAME:PATH
+    options: frozenset[str] = field(default_factory=frozenset)  # classification options used
+
+
+@dataclass(frozen=True)
+class DetRequest:
+    """What a detection builder is asked for (``build_det_dataset``'s arguments)."""
+
+    path: str | None  # the PATH of NAME:PATH
+    root: str | Path | None
+    train: bool
+    with_masks: bool
+    keep_empty: bool
+    min_size: int | tuple[int, ...]
+    max_size: int
+    val_annotations: str | None
+
+    @property
+    def sizes(self) -> dict[str, Any]:
+        return {"min_size": self.min_size, "max_size": self.max_size}
+
+
+CLS_DATASETS: Registry[DatasetEntry] = Registry("classification dataset", "resdet datasets")
+DET_DATASETS: Registry[DatasetEntry] = Registry("detection dataset", "resdet datasets")
+
+# build_cls_dataset's options and their defaults; an entry lists the ones its builder takes.
+CLS_OPTIONS: dict[str, Any] = {
+    "ten_crop": False,
+    "val_size": 0,
+    "train_scale": (256, 480),
+    "crop": 224,
+    "test_size": 256,
+    "lighting_std": 0.1,
+    "download": False,
+}
+_IMAGE_FOLDER_OPTIONS = frozenset({"ten_crop", "train_scale", "crop", "test_size", "lighting_std"})
+
+
+def spelling(registry: Registry[DatasetEntry], name: str) -> str:
+    """How a registered name is written: ``name``, or ``name:PATH`` for sets at a path."""
+    return f"{name}:PATH" if registry.get(name).takes_path else name
+
+
+def find_dataset(registry: Registry[DatasetEntry], spec: str) -> tuple[DatasetEntry, str | None]:
+    """The entry of ``spec`` (``NAME`` or ``NAME:PATH``) and its path part (None without one)."""
+    name, colon, path = spec.partition(":")
+    entry = registry.get(name)
+    if entry.takes_path and not path:
+        raise ValueError(f"{registry.kind} {name!r} is spelled {name}:PATH, got {spec!r}")
+    if colon and not entry.takes_path:
+        raise ValueError(f"{registry.kind} {name!r} takes no path, got {spec!r}; use {name}")
+    return entry, path or None
+
+
+def build_cls_dataset(
+    name: str, root: str | Path | None, split: str, *, train: bool, **options: Any
+) -> Dataset:
+    """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
+    ``folder:PATH``, ...).
+
+    ``root`` is the dataset folder (None: the entry's default, e.g. ``datasets/cifar10``).
+    ``split`` is cifar10's train/val/test, imagenet's train/val, digits' train/test or any
+    subfolder of PATH (``PATH/<split>/<class>/*``). ``train`` switches augmentation on.
+    ``options`` are ``CLS_OPTIONS`` (``ten_crop``, ``train_scale``, ``crop``, ``test_size``,
+    ``lighting_std`` for imagenet and folder sets, ``val_size`` and ``download`` for cifar10);
+    one that a set does not use is an error unless it has its default value. Every dataset has
+    ``num_classes`` and ``class_names`` and yields ``(float32 [3, H, W], label)``.
+    """
+    entry, path = find_dataset(CLS_DATASETS, name)
+    unknown = sorted(set(options) - set(CLS_OPTIONS))
+    if unknown:
+        raise TypeError(f"unknown classification options {unknown}; valid: {list(CLS_OPTIONS)}")
+    for option, value in options.items():
+        if option not in entry.options and value != CLS_OPTIONS[option]:
+            users = [
+                spelling(CLS_DATASETS, n)
+                for n in CLS_DATASETS
+                if option in CLS_DATASETS.get(n).options
+            ]
+            raise ValueError(
+                f"{name} does not take {option}={value!r}; it applies to {', '.join(users)}"
+            )
+    used = {option: options.get(option, CLS_OPTIONS[option]) for option in entry.options}
+    return entry.build(path, root or entry.default_root, split, train=train, **used)
+
+
+def build_det_dataset(
+    name: str,
+    root: str | Path | None,
+    *,
+    train: bool,
+    with_masks: bool = False,
+    keep_empty: bool = True,
+    min_size: int | tuple[int, ...] = 800,
+    max_size: int = 1333,
+    val_annotations: str | None = None,
+) -> Dataset:
+    """The training (``train``) or evaluation split of the registered detection set ``name``.
+
+    ``root`` as for ``build_cls_dataset``; images are resized to ``min_size`` (one value, or
+    several drawn per training image) / ``max_size``; ``with_masks`` adds instance masks;
+    ``val_annotations`` is the evaluation JSON of a ``coco-format:PATH`` set.
+    """
+    entry, path = find_dataset(DET_DATASETS, name)
+    request = DetRequest(
+        path,
+        root or entry.default_root,
+        train,
+        with_masks,
+        keep_empty,
+        min_size,
+        max_size,
+        val_annotations,
+    )
+    return entry.build(request)
+
+
+def _cifar10(
+    path: None, root: str, split: str, *, train: bool, val_size: int, download: bool
+) -> Dataset:
+    from resdet.data.cifar import Cifar10
+
+    return Cifar10(root, split, augment=train, val_size=val_size, download=download)
+
+
+def _digits(path: None, root: None, split: str, *, train: bool) -> Dataset:
+    from resdet.data.digits import Digits
+
+    return Digits(split, augment=train)
+
+
+def _imagenet(path: None, root: str, split: str, *, train: bool, **sizes: Any) -> Dataset:
+    from resdet.data.folder import build_imagenet
+
+    return build_imagenet(root, split, train=train, **sizes)
+
+
+def _image_folder(path: str, root: None, split: str, *, train: bool, **sizes: Any) -> Dataset:
+    from resdet.data.folder import build_image_folder
+
+    return build_image_folder(path, split, train=train, **sizes)
+
+
+CLS_DATASETS.register(
+    "cifar10",
+    DatasetEntry(
+        _cifar10,
+        "CIFAR-10 python batches (paper section 4.2); train/val/test",
+        "datasets/cifar10",
+        options=frozenset({"val_size", "download"}),
+    ),
+)
+CLS_DATASETS.register(
+    "imagenet",
+    DatasetEntry(
+        _imagenet,
+        "ImageNet 2012 in class folders (paper section 3.4); train/val",
+        "datasets/imagenet",
+        options=_IMAGE_FOLDER_OPTIONS,
+    ),
+)
+CLS_DATASETS.register(
+    "digits",
+    DatasetEntry(_digits, "scikit-learn's 1,797 digits at 32x32, embedded; train/test"),
+)
+CLS_DATASETS.register(
+    "folder",
+    DatasetEntry(
+        _image_folder,
+        "PATH/<split>/<class>/<image>, ImageNet's recipe",
+        takes_path=True,
+        options=_IMAGE_FOLDER_OPTIONS,
+    ),
+)
+
+
+def _shapes(r: DetRequest) -> Dataset:
+    from resdet.data.shapes import build_shapes
+
+    split = "train" if r.train else "val"
+    return build_shapes(
+        split,
+        train=r.train,
+        root=r.root,
+        with_masks=r.with_masks,
+        keep_empty=r.keep_empty,
+        **r.sizes,
+    )
+
+
+def _coco(r: DetRequest) -> Dataset:
+    from resdet.data.coco import build_coco
+
+    split = "train" if r.train else "val"
+    return build_coco(
+        r.root,
+        split,
+        train=r.train,
+        with_masks=r.with_masks,
+        keep_empty=r.keep_empty,
+        **r.sizes,
+    )
+
+
+def _coco_format(r: DetRequest) -> Dataset:
+    from resdet.data.coco import build_coco_format
+
+    if not r.train and r.val_annotations is None:
+        warnings.warn(
+            f"coco-format:{r.path}: no data.val_annotations given, evaluating on the training file",
+            stacklevel=3,
+        )
+    annotations = r.path if r.train or r.val_annotations is None else r.val_annotations
+    return build_coco_format(
+        annotations, train=r.train, with_masks=r.with_masks, keep_empty=r.keep_empty, **r.sizes
+    )
+
+
+def _voc(
+    train_parts: tuple[tuple[str, str], ...], test_part: tuple[str, str]
+) -> Callable[[DetRequest], Dataset]:
+    """The builder of one VOC training combination and its test split."""
+
+    def build(r: DetRequest) -> Dataset:
+        from resdet.data.voc import VocConcat, build_voc
+
+        if r.with_masks:
+            raise ValueError("PASCAL VOC detection has no instance masks: drop --task segm")
+        if not r.train:
+            return build_voc(r.root, *test_part, train=False, **r.sizes)
+        sets = [
+            build_voc(r.root, year, split, train=True, keep_empty=r.keep_empty, **r.sizes)
+            for year, split in train_parts
+        ]
+        return sets[0] if len(sets) == 1 else VocConcat(sets)
+
+    return build
+
+
+# name: (training parts as (year, split)), (test year, test split)
+VOC_SETS = {
+    "voc0712": ((("2007", "trainval"), ("2012", "trainval")), ("2007", "test")),
+    "voc2007": ((("2007", "trainval"),), ("2007", "test")),
+    "voc2012": ((("2012", "train"),), ("2012", "val")),
+}
+
+DET_DATASETS.register(
+    "shapes",
+    DatasetEntry(
+        _shapes,
+        "resdet's generated shapes (1,000 + 100 images, boxes and masks); made on first use",
+        "datasets/shapes",
+    ),
+)
+DET_DATASETS.register(
+    "coco",
+    DatasetEntry(_coco, "MS COCO 2017 train/val, boxes and masks", "datasets/coco"),
+)
+DET_DATASETS.register(
+    "coco-format",
+    DatasetEntry(
+        _coco_format, "any COCO-format instances JSON at PATH (images beside it)", takes_path=True
+    ),
+)
+for _name, (_train, _test) in VOC_SETS.items():
+    _parts = " + ".join(f"{year} {split}" for year, split in _train)
+    DET_DATASETS.register(
+        _name,
+        DatasetEntry(
+            _voc(_train, _test),
+            f"PASCAL VOC: train on {_parts}, test on {' '.join(_test)}",
+            "datasets/voc/VOCdevkit",
+        ),
+    )
