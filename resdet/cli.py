@@ -174,6 +174,21 @@ def weights_import(
     console.print(f"imported {path} as {entry.arch}:{entry.tag} -> {entry.path}")
 
 
+@weights_app.command("remove")
+def weights_remove(
+    arch: Annotated[str, typer.Argument(help="Registered name, e.g. resnet50.")],
+    tag: Annotated[str, typer.Argument(help="The entry to delete (see `resdet weights list`).")],
+) -> None:
+    """Delete a store entry (its .safetensors file and manifest)."""
+    from resdet.models.weights import remove_weights
+
+    try:
+        remove_weights(arch, tag)
+    except (ValueError, KeyError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    console.print(f"removed {arch}:{tag}")
+
+
 @weights_app.command("export")
 def weights_export(
     arch: Annotated[str, typer.Argument(help="Registered name, e.g. resnet50.")],

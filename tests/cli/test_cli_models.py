@@ -79,6 +79,12 @@ def test_weights_import_export_round_trip_through_cli(tmp_path):
     with torch.no_grad():
         assert (back(x) - reference(x)).abs().max() < 1e-5
 
+    result = runner.invoke(app, ["weights", "remove", "resnet18", "tv"])
+    assert result.exit_code == 0 and "removed resnet18:tv" in result.output
+    assert json.loads(runner.invoke(app, ["weights", "list", "--json"]).stdout) == []
+    again = runner.invoke(app, ["weights", "remove", "resnet18", "tv"])
+    assert again.exit_code == 2 and "no weights tagged 'tv' for resnet18" in again.output
+
 
 def test_weights_import_refuses_wrong_arch(tmp_path):
     checkpoint = tmp_path / "r18.pth"
