@@ -115,7 +115,7 @@ def build_detector(
     more proposals before NMS, 12000 in training and 6000 in testing). ``roi_sampling_ratio``
     sets the RoIAlign sample points per bin side (None: torchvision's 2 for FPN, adaptive for
     C4). RoIAlign is torchvision's, computed as one gather on CPU (``resdet.models.roi_align``,
-    5-7x faster there to train). ``train_resize=False``
+    4-7x faster there to train). ``train_resize=False``
     skips the model's resize in training, for data pipelines that resize (and draw the
     multi-scale size) themselves, as resdet's do.
 

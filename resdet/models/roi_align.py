@@ -1,22 +1,23 @@
-"""RoIAlign computed as one gather on CPU: torchvision's numbers, several times faster to train.
+"""RoIAlign computed as a gather on CPU: torchvision's numbers, 4-7x faster to train.
 
 torchvision's CPU ``roi_align`` backward walks every RoI, channel, bin and sample point in one
 thread, scattering into an NCHW gradient; in small-image detector training on a CPU it is the
 largest single cost (over half of a Faster R-CNN step, more with the mask branch). Here each
 output bin is a weighted sum of ``4 x grid_h x grid_w`` feature rows (bilinear corners of each
 sample point), which is what ``F.embedding_bag`` computes in one fused, multi-threaded kernel
-with a fast backward. Channels-last features make those rows contiguous, so the gather costs
-no layout copy. ``tools/bench_roi_align.py`` times both side by side.
+with a fast backward. The rows come from one [rows, C] table of all levels (one copy of the
+maps; a view where a single level is channels-last). ``tools/bench_roi_align.py`` times both
+side by side.
 
 The sample points, the bilinear weights and their edge rules (points beyond one pixel outside
 the map count as zero; points within it clamp to the border) are torchvision's
 ``roi_align`` kernel's, so outputs and gradients agree with it to float rounding (tests pin
-this). Other devices use torchvision's kernel.
+this). Like torchvision it computes in float32 for float32, float16 and bfloat16 features
+(float64 in float64) and passes no gradient to the boxes. Other devices use torchvision's
+kernel.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -30,30 +31,38 @@ __all__ = ["GatherMultiScaleRoIAlign", "roi_align"]
 
 def roi_align(
     input: Tensor,
-    rois: Tensor,
+    rois: Tensor | list[Tensor],
     output_size: int | tuple[int, int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = -1,
     aligned: bool = False,
 ) -> Tensor:
-    """``torchvision.ops.roi_align`` with ``rois`` as a [K, 5] tensor (image index, x1, y1, x2, y2).
+    """``torchvision.ops.roi_align``: ``rois`` is a [K, 5] tensor (image index, x1, y1, x2, y2)
+    or a list of [K_i, 4] boxes per image.
 
-    [B, C, H, W] features -> [K, C, out_h, out_w] in the features' dtype. ``sampling_ratio``
-    <= 0 takes ``ceil(RoI size / output size)`` points per bin side, as torchvision does.
+    [B, C, H, W] features -> contiguous [K, C, out_h, out_w] in the features' dtype.
+    ``sampling_ratio`` <= 0 takes ``ceil(RoI size / output size)`` points per bin side, as
+    torchvision does.
     """
     if input.device.type != "cpu":
         return tv_roi_align(input, rois, output_size, spatial_scale, sampling_ratio, aligned)
+    if isinstance(rois, (list, tuple)):
+        rois = _convert_to_roi_format(list(rois))
     size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
     levels = torch.zeros(len(rois), dtype=torch.long)
-    return _gather_roi_align([input], [spatial_scale], rois, levels, size, sampling_ratio, aligned)
+    pooled = _gather_roi_align(
+        [input], [spatial_scale], rois, levels, size, sampling_ratio, aligned
+    )
+    return pooled.contiguous()
 
 
 class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
-    """torchvision's ``MultiScaleRoIAlign`` (same arguments, level rule and outputs) that pools
+    """torchvision's ``MultiScaleRoIAlign`` (same arguments, level rule and values) that pools
     all levels with one gather on CPU, and with torchvision's kernel elsewhere.
 
     ``forward(features: dict of [B, C, H_l, W_l], boxes: list of [N_i, 4] xyxy in image
-    pixels, image_shapes)`` -> [sum N_i, C, out_h, out_w].
+    pixels, image_shapes)`` -> [sum N_i, C, out_h, out_w], on CPU in channels-last memory
+    order (what the heads' convolutions want; ``reshape`` rather than ``view`` to flatten).
     """
 
     def forward(
@@ -87,85 +96,121 @@ def _gather_roi_align(
     sampling_ratio: int,
     aligned: bool,
 ) -> Tensor:
-    """RoIAlign of each RoI on its level's map, all levels gathered from one row table."""
+    """RoIAlign of each RoI on its level's map, gathered from one table of all levels' rows.
+
+    Returns [K, C, out_h, out_w] in channels-last memory order.
+    """
     out_h, out_w = output_size
-    channels = features[0].shape[1]
-    dtype = features[0].dtype
-    # torchvision's kernel computes in float32 under autocast too; so does this.
+    channels, dtype = features[0].shape[1], features[0].dtype
+    _check_rois(rois, features[0].shape[0])
+    # torchvision's kernel computes in float32 under autocast and for half types; so does this.
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
     with torch.autocast("cpu", enabled=False):
-        # One row of C values per (level, image, y, x): a view of channels-last maps.
+        # One row of C values per (level, image, y, x).
         table = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features])
-        table = table.float()
-        rois = rois.float()
+        table = table.to(compute)
+        rois = rois.detach().to(compute)  # as torchvision: no gradient to the boxes
         heights = torch.tensor([f.shape[2] for f in features])[levels]
         widths = torch.tensor([f.shape[3] for f in features])[levels]
         level_rows = [f.shape[0] * f.shape[2] * f.shape[3] for f in features]
         level_start = torch.tensor([0, *level_rows[:-1]]).cumsum(0)[levels]
-        scale = torch.tensor(scales, dtype=torch.float32)[levels]
-
+        first_row = level_start + rois[:, 0].long() * heights * widths
+        scale = torch.tensor(scales, dtype=compute)[levels]
         # Pixel-model coordinates on each RoI's level (aligned: pixel centres at +0.5).
         box = rois[:, 1:] * scale[:, None] - (0.5 if aligned else 0.0)
-        y_corners, y_weights, grid_h = _axis(
-            box[:, 1], box[:, 3], heights, out_h, sampling_ratio, aligned
-        )
-        x_corners, x_weights, grid_w = _axis(
-            box[:, 0], box[:, 2], widths, out_w, sampling_ratio, aligned
-        )
-        first_row = level_start + rois[:, 0].long() * heights * widths
-        # Table rows [K, out_h, grid_h, 2] of the corners' image rows; their columns are x_corners
-        row = first_row[:, None, None, None] + y_corners * widths[:, None, None, None]
-        # One bag per output bin: [K, out_h, out_w, grid_h, grid_w, 2, 2] corners.
-        index = row[:, :, None, :, None, :, None] + x_corners[:, None, :, None, :, None, :]
-        count = (grid_h * grid_w).clamp(min=1).float()
-        weight = (
-            y_weights[:, :, None, :, None, :, None]
-            * x_weights[:, None, :, None, :, None, :]
-            / count[:, None, None, None, None, None, None]
-        )
-        bags = (len(rois) * out_h * out_w, math.prod(index.shape[3:]))
-        pooled = F.embedding_bag(
-            index.reshape(bags), table, per_sample_weights=weight.reshape(bags), mode="sum"
-        )
+        y_axis = _Axis(box[:, 1], box[:, 3], heights, out_h, sampling_ratio, aligned)
+        x_axis = _Axis(box[:, 0], box[:, 2], widths, out_w, sampling_ratio, aligned)
+
+        # RoIs with the same sample grid are gathered together: padding every RoI to the
+        # largest grid would cost memory in proportion to the largest RoI.
+        parts: list[Tensor] = []
+        order: list[Tensor] = []
+        grids = torch.stack([y_axis.grid, x_axis.grid], 1)
+        # (No RoIs: one empty group, so that the result still hangs off the features' graph.)
+        for grid_h, grid_w in torch.unique(grids, dim=0).tolist() or [[1, 1]]:
+            group = ((grids[:, 0] == grid_h) & (grids[:, 1] == grid_w)).nonzero()[:, 0]
+            # A zero-size RoI with aligned=True has no sample points: torchvision gives zeros.
+            count = grid_h * grid_w
+            grid_h, grid_w = max(grid_h, 1), max(grid_w, 1)
+            y_rows, y_weights = y_axis.corners(group, grid_h)
+            x_cols, x_weights = x_axis.corners(group, grid_w)
+            # Table rows [G, out_h, grid_h, 2] of the corners' image rows
+            row = first_row[group, None, None, None] + y_rows * widths[group, None, None, None]
+            # One bag per output bin: [G, out_h, out_w, grid_h, grid_w, 2, 2] corners.
+            index = row[:, :, None, :, None, :, None] + x_cols[:, None, :, None, :, None, :]
+            weight = (
+                y_weights[:, :, None, :, None, :, None]
+                * x_weights[:, None, :, None, :, None, :]
+                / max(count, 1)
+                * (count > 0)
+            )
+            bags = (len(group) * out_h * out_w, grid_h * grid_w * 4)
+            bins = F.embedding_bag(
+                index.reshape(bags), table, per_sample_weights=weight.reshape(bags), mode="sum"
+            )
+            parts.append(bins.view(len(group), out_h, out_w, channels))
+            order.append(group)
+        pooled = parts[0]
+        if len(parts) > 1:  # back to the RoIs' order (one gather; its backward is one scatter)
+            pooled = torch.cat(parts).index_select(0, torch.argsort(torch.cat(order)))
     # Cast while the rows are contiguous; the permute is a view (channels-last strides).
-    return pooled.to(dtype).view(len(rois), out_h, out_w, channels).permute(0, 3, 1, 2)
+    return pooled.to(dtype).permute(0, 3, 1, 2)
 
 
-def _axis(
-    start: Tensor,
-    end: Tensor,
-    size: Tensor,
-    pooled: int,
-    sampling_ratio: int,
-    aligned: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Sample points along one axis of each RoI, as torchvision's kernel places them.
+def _check_rois(rois: Tensor, images: int) -> None:
+    """Clear errors where torchvision's kernel would read out of bounds or crash."""
+    if rois.ndim != 2 or rois.shape[1] != 5:
+        raise ValueError(
+            f"rois must be [K, 5] (image index, x1, y1, x2, y2), got {list(rois.shape)}"
+        )
+    if not torch.isfinite(rois).all():
+        bad = (~torch.isfinite(rois).all(1)).nonzero()[:, 0].tolist()
+        raise ValueError(f"RoIs {bad[:8]} have non-finite coordinates: {rois[bad[:3]].tolist()}")
+    index = rois[:, 0]
+    if len(rois) and (index.min() < 0 or index.max() >= images or (index != index.round()).any()):
+        raise ValueError(
+            f"RoI image indices must be integers in 0..{images - 1} (the feature batch), got "
+            f"{sorted(set(index.tolist()))[:8]}"
+        )
 
-    Returns the low and high neighbour indices [K, pooled, G, 2], their bilinear weights
-    [K, pooled, G, 2] (zero for padding and out-of-map points) and the grid size [K]
-    (G is the largest grid size; RoIs with fewer points are padded with zero weights).
-    """
-    length = end - start
-    if not aligned:
-        length = length.clamp(min=1.0)
-    bin_size = length / pooled
-    if sampling_ratio > 0:
-        grid = torch.full_like(size, sampling_ratio)
-    else:
-        grid = torch.ceil(length / pooled).long()
-    most = max(int(grid.max()) if len(grid) else 1, 1)
-    bins = torch.arange(pooled, dtype=torch.float32)
-    samples = torch.arange(most, dtype=torch.float32)
-    bin_size, grid_size = bin_size[:, None, None], grid.clamp(min=1)[:, None, None]
-    # The kernel's expression, operation for operation, so that the points round alike.
-    point = start[:, None, None] + bins[None, :, None] * bin_size
-    point = point + (samples[None, None, :] + 0.5) * bin_size / grid_size
-    size = size[:, None, None]
-    valid = (point >= -1.0) & (point <= size) & (samples < grid[:, None, None])
-    point = point.clamp(min=0.0)
-    low = point.floor().long()
-    at_edge = low >= size - 1
-    low = torch.where(at_edge, size - 1, low)
-    high = torch.where(at_edge, low, low + 1)
-    frac = torch.where(at_edge, 0.0, point - low)
-    weights = torch.stack([1.0 - frac, frac], -1) * valid[..., None]
-    return torch.stack([low, high], -1), weights, grid
+
+class _Axis:
+    """Sample points along one axis (y or x) of each RoI, placed as torchvision's kernel does."""
+
+    def __init__(
+        self,
+        start: Tensor,
+        end: Tensor,
+        size: Tensor,
+        pooled: int,
+        sampling_ratio: int,
+        aligned: bool,
+    ) -> None:
+        length = end - start
+        if not aligned:
+            length = length.clamp(min=1.0)
+        self.start, self.size, self.pooled = start, size, pooled
+        self.bin_size = length / pooled
+        if sampling_ratio > 0:
+            self.grid = torch.full_like(size, sampling_ratio)
+        else:
+            self.grid = torch.ceil(length / pooled).long()
+
+    def corners(self, group: Tensor, grid: int) -> tuple[Tensor, Tensor]:
+        """For the RoIs ``group`` with ``grid`` points per bin: the low and high neighbour
+        indices [G, pooled, grid, 2] and their bilinear weights (zero for points outside)."""
+        start, bin_size = self.start[group, None, None], self.bin_size[group, None, None]
+        size = self.size[group, None, None]
+        bins = torch.arange(self.pooled, dtype=start.dtype)[None, :, None]
+        samples = torch.arange(grid, dtype=start.dtype)[None, None, :]
+        # The kernel's expression, operation for operation, so that the points round alike.
+        point = start + bins * bin_size + (samples + 0.5) * bin_size / grid
+        inside = (point >= -1.0) & (point <= size)
+        point = point.clamp(min=0.0)
+        low = point.floor().long()
+        at_edge = low >= size - 1
+        low = torch.where(at_edge, size - 1, low)
+        high = torch.where(at_edge, low, low + 1)
+        frac = torch.where(at_edge, 0.0, point - low)
+        weights = torch.where(inside[..., None], torch.stack([1.0 - frac, frac], -1), 0.0)
+        return torch.stack([low, high], -1), weights
