@@ -25,6 +25,10 @@ class Registry(Generic[T]):
         self._entries[name] = entry
         return entry
 
+    def unregister(self, name: str) -> T:
+        """Remove and return the entry ``name`` (KeyError if there is none)."""
+        return self._entries.pop(name)
+
     def get(self, name: str) -> T:
         """The entry registered as ``name``; a miss names the closest registered names."""
         try:

@@ -33,6 +33,7 @@ __all__ = [
     "build_cls_dataset",
     "build_det_dataset",
     "find_dataset",
+    "spelling",
 ]
 
 
@@ -42,13 +43,16 @@ class DatasetEntry:
     summary: str
     default_root: str | None = None  # read from here when no root is given
     takes_path: bool = False  # spelled NAME:PATH
-    options: frozenset[str] = field(default_factory=frozenset)  # classification options used
+    # Options beyond the common ones that the builder uses: CLS_OPTIONS names for
+    # classification sets, "val_annotations" for detection sets.
+    options: frozenset[str] = field(default_factory=frozenset)
 
 
 @dataclass(frozen=True)
 class DetRequest:
     """What a detection builder is asked for (``build_det_dataset``'s arguments)."""
 
+    name: str  # as the user spelled it, for messages
     path: str | None  # the PATH of NAME:PATH
     root: str | Path | None
     train: bool
@@ -77,6 +81,16 @@ CLS_OPTIONS: dict[str, Any] = {
     "download": False,
 }
 _IMAGE_FOLDER_OPTIONS = frozenset({"ten_crop", "train_scale", "crop", "test_size", "lighting_std"})
+# Where users set each option: the experiment config key or the eval flag.
+_OPTION_SOURCES = {
+    "ten_crop": "--ten-crop",
+    "val_size": "data.val_size",
+    "train_scale": "data.train_scale",
+    "crop": "data.crop_size",
+    "test_size": "data.test_size",
+    "lighting_std": "data.lighting",
+    "download": "data.download / --download",
+}
 
 
 def spelling(registry: Registry[DatasetEntry], name: str) -> str:
@@ -101,7 +115,8 @@ def build_cls_dataset(
     """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
     ``folder:PATH``, ...).
 
-    ``root`` is the dataset folder (None: the entry's default, e.g. ``datasets/cifar10``).
+    ``root`` is the dataset folder (None: the entry's default, e.g. ``datasets/cifar10``); sets
+    that read no folder (``digits``, ``folder:PATH``) refuse one.
     ``split`` is cifar10's train/val/test, imagenet's train/val, digits' train/test or any
     subfolder of PATH (``PATH/<split>/<class>/*``). ``train`` switches augmentation on.
     ``options`` are ``CLS_OPTIONS`` (``ten_crop``, ``train_scale``, ``crop``, ``test_size``,
@@ -121,10 +136,12 @@ def build_cls_dataset(
                 if option in CLS_DATASETS.get(n).options
             ]
             raise ValueError(
-                f"{name} does not take {option}={value!r}; it applies to {', '.join(users)}"
+                f"{name} does not take {option}={value!r} ({_OPTION_SOURCES[option]}), which "
+                f"applies to {', '.join(users)}; drop it or keep its default "
+                f"{CLS_OPTIONS[option]!r}"
             )
     used = {option: options.get(option, CLS_OPTIONS[option]) for option in entry.options}
-    return entry.build(path, root or entry.default_root, split, train=train, **used)
+    return entry.build(path, _root(name, entry, root), split, train=train, **used)
 
 
 def build_det_dataset(
@@ -145,9 +162,15 @@ def build_det_dataset(
     ``val_annotations`` is the evaluation JSON of a ``coco-format:PATH`` set.
     """
     entry, path = find_dataset(DET_DATASETS, name)
+    if val_annotations is not None and "val_annotations" not in entry.options:
+        raise ValueError(
+            f"{name} has its own evaluation split; data.val_annotations={val_annotations!r} "
+            "applies to coco-format:PATH only: drop it"
+        )
     request = DetRequest(
+        name,
         path,
-        root or entry.default_root,
+        _root(name, entry, root),
         train,
         with_masks,
         keep_empty,
@@ -156,6 +179,16 @@ def build_det_dataset(
         val_annotations,
     )
     return entry.build(request)
+
+
+def _root(name: str, entry: DatasetEntry, root: str | Path | None) -> str | Path | None:
+    """The folder to read ``name`` from; a root for a set that has none is refused."""
+    if root is not None and entry.default_root is None:
+        raise ValueError(
+            f"{name} does not read a data folder (given {root}); drop --data-dir / data.root"
+            + (" and put the path in the name" if entry.takes_path else "")
+        )
+    return root or entry.default_root
 
 
 def _cifar10(
@@ -268,7 +301,10 @@ def _voc(
         from resdet.data.voc import VocConcat, build_voc
 
         if r.with_masks:
-            raise ValueError("PASCAL VOC detection has no instance masks: drop --task segm")
+            raise ValueError(
+                f"{r.name}: PASCAL VOC detection has no instance masks; drop --task segm "
+                "(model.masks)"
+            )
         if not r.train:
             return build_voc(r.root, *test_part, train=False, **r.sizes)
         sets = [
@@ -302,7 +338,10 @@ DET_DATASETS.register(
 DET_DATASETS.register(
     "coco-format",
     DatasetEntry(
-        _coco_format, "any COCO-format instances JSON at PATH (images beside it)", takes_path=True
+        _coco_format,
+        "any COCO-format instances JSON at PATH (images beside it)",
+        takes_path=True,
+        options=frozenset({"val_annotations"}),
     ),
 )
 for _name, (_train, _test) in VOC_SETS.items():

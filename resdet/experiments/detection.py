@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdet.data.catalog import VOC_SETS, build_det_dataset
+from resdet.data.catalog import DET_DATASETS, VOC_SETS, build_det_dataset
 from resdet.data.detection import collate
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.data.samplers import aspect_ratio_groups
@@ -180,10 +180,10 @@ def train_detector(
     seed_everything(cfg.train.seed)
     prepare_run_dir(out_dir, cfg, resume)
     if cfg.data.dataset == "shapes":
-        from resdet.data.shapes import DEFAULT_ROOT, ensure_shapes
+        from resdet.data.shapes import ensure_shapes
 
         if distributed.is_main():  # one process writes the set, the others wait for it
-            ensure_shapes(cfg.data.root or DEFAULT_ROOT)
+            ensure_shapes(cfg.data.root or DET_DATASETS.get("shapes").default_root)
         distributed.barrier()
     train_set = build_dataset(cfg, train=True)
     test_set = build_dataset(cfg, train=False)

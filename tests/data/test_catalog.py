@@ -44,9 +44,21 @@ def test_path_spelling_is_checked():
         find_dataset(CLS_DATASETS, "cifar10:/x")
 
 
-def test_unknown_options_are_refused():
+def test_unknown_or_unused_options_are_refused():
     with pytest.raises(TypeError, match=r"unknown classification options \['crop_size'\]"):
         build_cls_dataset("digits", None, "test", train=False, crop_size=24)
+    with pytest.raises(
+        ValueError,
+        match=r"digits does not take crop=32 \(data.crop_size\), which applies to imagenet, "
+        r"folder:PATH; drop it or keep its default 224",
+    ):
+        build_cls_dataset("digits", None, "test", train=False, crop=32)
+    with pytest.raises(ValueError, match=r"digits does not read a data folder \(given /data\)"):
+        build_cls_dataset("digits", "/data", "test", train=False)
+    with pytest.raises(ValueError, match="drop --data-dir / data.root and put the path in"):
+        build_det_dataset("coco-format:/x.json", "/data", train=False)
+    with pytest.raises(ValueError, match=r"coco has its own evaluation split; data.val_annot"):
+        build_det_dataset("coco", None, train=False, val_annotations="/data/val.json")
     # an option at its default value is no request, whichever set it goes to
     assert len(build_cls_dataset("digits", None, "test", train=False, crop=224)) == 360
 
@@ -60,7 +72,7 @@ def test_builders_read_the_default_root_or_the_given_one(tmp_path, monkeypatch):
     (tmp_path / "datasets" / "coco").rename(moved)
     dataset = build_det_dataset("coco", moved, train=True, with_masks=True, min_size=(100, 120))
     assert dataset.with_masks and len(dataset) == 2
-    with pytest.raises(ValueError, match="VOC detection has no instance masks"):
+    with pytest.raises(ValueError, match="voc0712: PASCAL VOC detection has no instance masks"):
         build_det_dataset("voc0712", None, train=True, with_masks=True)
 
 
@@ -81,7 +93,7 @@ def test_a_registered_set_trains_by_name(tmp_path):
         with pytest.raises(KeyError, match="already registered"):
             DET_DATASETS.register("parts-test", DatasetEntry(build, "again"))
     finally:
-        DET_DATASETS._entries.pop("parts-test")
+        DET_DATASETS.unregister("parts-test")
     assert isinstance(dataset, Parts)
     assert requests[0].path == "/data/parts" and requests[0].train
     assert requests[0].sizes == {"min_size": 800, "max_size": 512}
