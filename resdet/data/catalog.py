@@ -39,6 +39,8 @@ __all__ = [
 
 @dataclass(frozen=True)
 class DatasetEntry:
+    """One registered data set: how to build it and what ``resdet datasets`` says of it."""
+
     build: Callable[..., Dataset]
     summary: str
     default_root: str | None = None  # read from here when no root is given
