@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from resdet.data.cls_transforms import (
     center_crop,
@@ -28,6 +29,7 @@ from resdet.data.cls_transforms import (
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_CLASSES = 1000
+_SKIP_SLOTS = 257  # the main process and up to 256 DataLoader workers
 IMAGENET_LAYOUT = (
     "ImageNet is expected as ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (1000 class "
     "folders each; the 50,000 val images re-arranged into class folders, e.g. with the standard "
@@ -92,9 +94,9 @@ class ImageFolderDataset(Dataset):
     Images are decoded with OpenCV (``cv2.imdecode``). A file that cannot be read or decoded
     (missing, unreadable, truncated, not an image) is reported with a warning naming it, counted
     in ``skipped`` and replaced by the next index that decodes (with that image's own label and
-    the same seed), so one bad file never stops a long run. ``skipped`` counts in the process
-    that loads: with DataLoader workers each worker has its own copy and the main process's
-    stays 0.
+    the same seed), so one bad file never stops a long run. ``skipped`` counts across all the
+    processes that load from this object (the main one and its DataLoader workers), and
+    training logs it to metrics.jsonl as ``skipped_images``.
     """
 
     def __init__(
@@ -129,10 +131,19 @@ class ImageFolderDataset(Dataset):
         self.crop = crop
         self.test_size = test_size
         self.lighting_std = lighting_std
-        self.skipped = 0
+        # One counter per loading process (slot 0: this one, 1 + k: DataLoader worker k) in
+        # shared memory, so that skips in workers reach the training process. No two processes
+        # write the same slot, so no lock is needed (a lock would tie the dataset to one
+        # multiprocessing start method).
+        self._skipped = multiprocessing.RawArray("q", _SKIP_SLOTS)
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable images replaced so far, by every process loading from this dataset."""
+        return sum(self._skipped)
 
     def path(self, index: int) -> Path:
         """The file of sample ``index``."""
@@ -148,7 +159,8 @@ class ImageFolderDataset(Dataset):
         except OSError:
             bgr = None
         if bgr is None:
-            self.skipped += 1
+            worker = get_worker_info()
+            self._skipped[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
             warnings.warn(
                 f"skipping unreadable or truncated image {path}; using the next image instead "
                 "(replace or delete the file)",

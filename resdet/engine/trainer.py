@@ -297,7 +297,12 @@ class Trainer:
         )
 
     def _log_train(self) -> None:
-        means = distributed.all_reduce_mean(dict(sorted(self._meter.means().items())))
+        means = dict(sorted(self._meter.means().items()))
+        # Data sets that replace unreadable images count them (ImageFolderDataset.skipped).
+        skipped = getattr(self.train_loader.dataset, "skipped", None)
+        if skipped is not None:
+            means["skipped_images"] = float(skipped)
+        means = distributed.all_reduce_mean(means)
         img_per_s, seconds_per_iter = self._meter.throughput()
         record: dict[str, Any] = {
             "type": "train",
@@ -309,6 +314,10 @@ class Trainer:
             "img_per_s": img_per_s,
             "time": seconds_per_iter,
         }
+        if skipped is not None:  # a total over all ranks, not a mean
+            record["skipped_images"] = round(
+                record["skipped_images"] * distributed.get_world_size()
+            )
         self.metrics_log.write(record)
         self._progress.log_train(record)
         self._meter.reset()

@@ -7,6 +7,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from resdet.data import build_cls_dataset
 from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -119,6 +120,18 @@ def test_truncated_jpeg_is_skipped_with_a_warning_and_counted(tree):
     with pytest.warns(UserWarning, match=f"unreadable .*{WNIDS[2]}_1.JPEG"):
         assert dataset[5][1] == 0
     assert dataset.skipped == 3
+
+
+def test_skips_in_dataloader_workers_are_counted_in_the_main_process(tree):
+    bad = tree / "train" / WNIDS[1] / f"{WNIDS[1]}_0.JPEG"
+    bad.write_bytes(b"not a JPEG")
+    dataset = small(tree / "train", train=False)
+    loader = DataLoader(dataset, batch_size=3, num_workers=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the workers' warnings go to their own stderr
+        labels = torch.cat([batch_labels for _, batch_labels in loader]).tolist()
+    assert labels == [0, 0, 1, 1, 2, 2]  # index 2 was replaced by index 3, of the same class
+    assert dataset.skipped == 1
 
 
 def test_build_imagenet_checks_the_layout(tree, tmp_path):

@@ -103,6 +103,14 @@ def test_loss_falls_and_metrics_follow_the_contract(
     assert "iter 5/60  epoch 0  loss " in out and "eval @ iter 60: top1_err" in out
 
 
+def test_skipped_images_of_the_data_set_are_logged(tmp_path: Path) -> None:
+    trainer = build(tmp_path, max_iters=5)
+    trainer.train_loader.dataset.skipped = 3  # as ImageFolderDataset counts unreadable files
+    trainer.fit()
+    train = [r for r in records(tmp_path) if r["type"] == "train"]
+    assert train[-1]["skipped_images"] == 3
+
+
 @pytest.mark.parametrize(("workers_first", "workers_resumed"), [(0, 0), (2, 2), (0, 2)])
 def test_resumed_run_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_first: int, workers_resumed: int
