@@ -14,6 +14,7 @@ Classification builders are called as ``build(path, root, split, train=..., **op
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,16 +73,6 @@ class DetRequest:
 CLS_DATASETS: Registry[DatasetEntry] = Registry("classification dataset", "resdet datasets")
 DET_DATASETS: Registry[DatasetEntry] = Registry("detection dataset", "resdet datasets")
 
-# build_cls_dataset's options and their defaults; an entry lists the ones its builder takes.
-CLS_OPTIONS: dict[str, Any] = {
-    "ten_crop": False,
-    "val_size": 0,
-    "train_scale": (256, 480),
-    "crop": 224,
-    "test_size": 256,
-    "lighting_std": 0.1,
-    "download": False,
-}
 _IMAGE_FOLDER_OPTIONS = frozenset({"ten_crop", "train_scale", "crop", "test_size", "lighting_std"})
 # Where users set each option: the experiment config key or the eval flag.
 _OPTION_SOURCES = {
@@ -112,7 +103,18 @@ def find_dataset(registry: Registry[DatasetEntry], spec: str) -> tuple[DatasetEn
 
 
 def build_cls_dataset(
-    name: str, root: str | Path | None, split: str, *, train: bool, **options: Any
+    name: str,
+    root: str | Path | None,
+    split: str,
+    *,
+    train: bool,
+    ten_crop: bool = False,
+    val_size: int = 0,
+    train_scale: tuple[int, int] = (256, 480),
+    crop: int = 224,
+    test_size: int = 256,
+    lighting_std: float = 0.1,
+    download: bool = False,
 ) -> Dataset:
     """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
     ``folder:PATH``, ...).
@@ -121,15 +123,22 @@ def build_cls_dataset(
     that read no folder (``digits``, ``folder:PATH``) refuse one.
     ``split`` is cifar10's train/val/test, imagenet's train/val, digits' train/test or any
     subfolder of PATH (``PATH/<split>/<class>/*``). ``train`` switches augmentation on.
-    ``options`` are ``CLS_OPTIONS`` (``ten_crop``, ``train_scale``, ``crop``, ``test_size``,
-    ``lighting_std`` for imagenet and folder sets, ``val_size`` and ``download`` for cifar10);
-    one that a set does not use is an error unless it has its default value. Every dataset has
-    ``num_classes`` and ``class_names`` and yields ``(float32 [3, H, W], label)``.
+    ``ten_crop``, ``train_scale``, ``crop``, ``test_size`` and ``lighting_std`` (AlexNet PCA
+    lighting, 0 disables) apply to imagenet and folder sets, ``val_size`` and ``download`` to
+    cifar10 (an entry's ``options`` say which); one that a set does not use is an error unless
+    it has its default value (``CLS_OPTIONS``). Every dataset has ``num_classes`` and
+    ``class_names`` and yields ``(float32 [3, H, W], label)``.
     """
     entry, path = find_dataset(CLS_DATASETS, name)
-    unknown = sorted(set(options) - set(CLS_OPTIONS))
-    if unknown:
-        raise TypeError(f"unknown classification options {unknown}; valid: {list(CLS_OPTIONS)}")
+    options = {
+        "ten_crop": ten_crop,
+        "val_size": val_size,
+        "train_scale": tuple(train_scale),
+        "crop": crop,
+        "test_size": test_size,
+        "lighting_std": lighting_std,
+        "download": download,
+    }
     for option, value in options.items():
         if option not in entry.options and value != CLS_OPTIONS[option]:
             users = [
@@ -142,8 +151,16 @@ def build_cls_dataset(
                 f"applies to {', '.join(users)}; drop it or keep its default "
                 f"{CLS_OPTIONS[option]!r}"
             )
-    used = {option: options.get(option, CLS_OPTIONS[option]) for option in entry.options}
+    used = {option: options[option] for option in entry.options}
     return entry.build(path, _root(name, entry, root), split, train=train, **used)
+
+
+# build_cls_dataset's options and their defaults, read from its signature (one source).
+CLS_OPTIONS: dict[str, Any] = {
+    name: parameter.default
+    for name, parameter in inspect.signature(build_cls_dataset).parameters.items()
+    if parameter.kind is parameter.KEYWORD_ONLY and name != "train"
+}
 
 
 def build_det_dataset(
