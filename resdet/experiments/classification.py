@@ -16,6 +16,7 @@ from resdet.engine.evaluate import inference
 from resdet.evaluation.classification import ClassificationEvaluator, TenCrop
 from resdet.experiments.common import (
     build_trainer,
+    check_same_classes,
     checkpoint_meta,
     config_from_checkpoint,
     per_rank_batch,
@@ -100,6 +101,7 @@ def train_classifier(
     prepare_run_dir(out_dir, cfg, resume)
     train_set = build_dataset(cfg.data, "train", train=True)
     test_set = build_dataset(cfg.data, test_split(cfg.data), train=False)
+    check_same_classes(cfg.data.dataset, train_set, test_set)
     model = build_classifier(cfg, train_set.num_classes)
     pin = device.type == "cuda"
     loader = TrainLoader(

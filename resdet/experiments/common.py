@@ -158,6 +158,29 @@ def checkpoint_meta(config: Any, task: str, model_signature: str, dataset: str) 
     return {"config": to_dict(config), "task": task, "model": model_signature, "dataset": dataset}
 
 
+def check_same_classes(name: str, train_set: Any, test_set: Any) -> None:
+    """Labels are positions in ``class_names``: the evaluation set must list the training set's
+    classes in the same order, or every score would compare different classes."""
+    train_names, test_names = list(train_set.class_names), list(test_set.class_names)
+    if train_names == test_names:
+        return
+    only_train = [c for c in train_names if c not in test_names]
+    only_test = [c for c in test_names if c not in train_names]
+    differences = (
+        f"only in training: {only_train[:8]}, only in evaluation: {only_test[:8]}"
+        if only_train or only_test
+        else "the same classes in another order"
+    )
+    where = " and ".join(
+        str(dataset.root) for dataset in (train_set, test_set) if hasattr(dataset, "root")
+    )
+    raise ValueError(
+        f"{name}: the evaluation set's classes differ from the training set's ({differences})"
+        f"{f' in {where}' if where else ''}; give both splits the same class folders or "
+        "categories"
+    )
+
+
 TASK_NAMES = {"cls": "classification", "det": "detection"}
 
 

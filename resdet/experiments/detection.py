@@ -23,6 +23,7 @@ from resdet.evaluation.coco import CocoEvaluator, CocoResult, save_results
 from resdet.evaluation.voc import VocEvaluator, VocResult, write_voc_results
 from resdet.experiments.common import (
     build_trainer,
+    check_same_classes,
     checkpoint_meta,
     config_from_checkpoint,
     per_rank_batch,
@@ -187,12 +188,7 @@ def train_detector(
         distributed.barrier()
     train_set = build_dataset(cfg, train=True)
     test_set = build_dataset(cfg, train=False)
-    if list(test_set.class_names) != list(train_set.class_names):
-        raise ValueError(
-            f"{cfg.data.dataset}: the evaluation set's classes {list(test_set.class_names)} "
-            f"differ from the training set's {list(train_set.class_names)}; give both the "
-            "same categories"
-        )
+    check_same_classes(cfg.data.dataset, train_set, test_set)
     # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
     backbone_weights = None if (resume or cfg.model.init) else cfg.model.backbone_weights
     model = build_model(cfg, len(train_set.class_names), backbone_weights=backbone_weights)

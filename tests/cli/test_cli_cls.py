@@ -1,6 +1,7 @@
 """End-to-end classification through the CLI on tiny data written in the real formats."""
 
 import json
+import shutil
 
 import cv2
 import pytest
@@ -166,3 +167,15 @@ def test_bad_input_is_named(tmp_path):
         and "cifar_resnet20" in other.output
         and "cifar_resnet32" in other.output
     )
+
+
+def test_val_classes_must_match_train_classes(tmp_path):
+    data = write_bright_dark_folder(tmp_path / "bd", per_class=4)
+    shutil.rmtree(data / "val" / "dark")  # labels would shift: bright would become class 0
+    result = runner.invoke(
+        app, ["train-cls", f"folder:{data}", "--depth", "18", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())  # the console wraps long lines
+    assert "only in training: ['dark'], only in evaluation: []" in message
+    assert str(data / "val") in message
