@@ -2,6 +2,7 @@
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,51 @@ def test_every_packaged_recipe_loads():
     for path in files:
         cls = ClsExperiment if path.parent.name == "cls" else DetExperiment
         load_config(cls, path)
+
+
+def _recipe(cls: type, name: str) -> Any:
+    from importlib import resources
+
+    return load_config(cls, Path(str(resources.files("resdet") / "configs")) / f"{name}.yaml")
+
+
+def test_recipes_carry_the_papers_numbers():
+    """REFERENCE.md section 2 (training recipes) and 3 (the detection setup)."""
+    from resdet.experiments.configs import ClsExperiment, DetExperiment
+
+    # CIFAR-10: batch 128, lr 0.1 / 10 at 32k and 48k, stop at 64k, wd 1e-4, momentum 0.9.
+    for depth in (20, 32, 44, 56, 110, 1202):
+        cfg = _recipe(ClsExperiment, f"cls/cifar10_resnet{depth}")
+        assert cfg.model.name == f"cifar_resnet{depth}" and cfg.data.batch_size == 128
+        o = cfg.optim
+        assert (o.lr, o.steps, o.gamma, o.weight_decay, o.momentum) == (
+            0.1,
+            (32000, 48000),
+            0.1,
+            1e-4,
+            0.9,
+        )
+        assert cfg.train.iters == 64000
+        # ResNet-110 and 1202 warm up at lr 0.01 for about 400 iterations; the others do not.
+        if depth >= 110:
+            assert (o.warmup, o.warmup_iters) == ("constant", 400)
+            assert o.lr * o.warmup_factor == pytest.approx(0.01)
+        else:
+            assert o.warmup == "none"
+    # ImageNet: [256, 480] scale, 224 crop, batch 256, lr 0.1, wd 1e-4, momentum 0.9, test 256.
+    for depth in (18, 34, 50, 101, 152):
+        cfg = _recipe(ClsExperiment, f"cls/imagenet_resnet{depth}")
+        d, o = cfg.data, cfg.optim
+        assert (d.train_scale, d.crop_size, d.test_size, d.batch_size) == (
+            (256, 480),
+            224,
+            256,
+            256,
+        )
+        assert (o.lr, o.weight_decay, o.momentum) == (0.1, 1e-4, 0.9)
+    # Faster R-CNN R101-C4 on COCO (Appendix A): frozen BN, shorter side 600, 240k iterations
+    # at lr 1e-3 then 80k at 1e-4.
+    cfg = _recipe(DetExperiment, "det/coco_faster_rcnn_r101_c4")
+    m, o = cfg.model, cfg.optim
+    assert (m.backbone, m.head, m.frozen_bn, m.min_size) == ("resnet101", "c4", True, (600,))
+    assert (o.lr, o.steps, o.gamma, cfg.train.iters) == (0.001, (240000,), 0.1, 320000)

@@ -117,6 +117,29 @@ def test_detector_trains_and_predicts(head: str, masks: bool, frozen_bn: bool) -
             assert output["masks"].shape == (n, 1, *image.shape[1:])
 
 
+@pytest.mark.parametrize("head", ["c4", "fpn"])
+def test_frozen_bn_keeps_statistics_and_affine_through_training(head: str) -> None:
+    # Paper Appendix A: "BN layers are frozen (fixed affine, statistics from ImageNet)".
+    torch.manual_seed(0)
+    model = build_detector(
+        "resnet18", head=head, num_classes=3, backbone_weights=None, trainable_stages=5, **SMALL
+    )
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    frozen = {
+        n: b.clone()
+        for n, b in model.named_buffers()
+        if n.endswith(("running_mean", "weight", "bias", "running_var"))
+    }
+    assert any(".res5." in n for n in frozen) == (head == "c4")  # C4's per-RoI res5 too
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    images, targets = _batch(masks=False)
+    sum(model(images, targets).values()).backward()
+    optimizer.step()
+    for name, before in frozen.items():
+        assert torch.equal(model.get_buffer(name), before), name
+
+
 def test_c4_structure_resnet50() -> None:
     # Paper Appendix A / REFERENCE.md section 3: conv1..conv4 (stride 16) feed the RPN, conv5_x
     # runs per RoI; R50's res4 has 1024 channels and res5 2048 (paper Table 1: 256x4, 512x4).
