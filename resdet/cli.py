@@ -30,6 +30,7 @@ app.command("plot")(cli_eval.plot)
 
 
 def version_callback(value: bool) -> None:
+    """``--version``: print the version and stop before any command runs."""
     if value:
         console.print(f"resdet {resdet.__version__}")
         raise typer.Exit()

@@ -67,6 +67,7 @@ class DetRequest:
 
     @property
     def sizes(self) -> dict[str, Any]:
+        """``min_size`` and ``max_size`` as keyword arguments for the data set classes."""
         return {"min_size": self.min_size, "max_size": self.max_size}
 
 

@@ -192,9 +192,11 @@ class PlateauSchedule(Schedule):
             self.bad_evals = 0
 
     def state_dict(self) -> dict[str, Any]:
+        """The plateau tracking state, saved in checkpoints so that a resumed run keeps it."""
         return {"best": self.best, "bad_evals": self.bad_evals, "reductions": self.reductions}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what ``state_dict`` saved."""
         self.best = state["best"]
         self.bad_evals = int(state["bad_evals"])
         self.reductions = int(state["reductions"])

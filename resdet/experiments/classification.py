@@ -83,6 +83,8 @@ def model_signature(cfg: ClsExperiment) -> str:
 
 @dataclass
 class ClsRunResult:
+    """A finished classification run: final test metrics, run folder, weight-store tag."""
+
     metrics: dict[str, float]
     out_dir: Path
     weights_tag: str | None

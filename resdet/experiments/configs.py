@@ -48,6 +48,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ClsModelConfig:
+    """The classifier: a registered network and its layout options."""
+
     name: str = "cifar_resnet20"
     shortcut: Literal["A", "B", "C"] | None = None  # None: the model's default
     stride_in_1x1: bool | None = None  # None: the paper's layout (stride on the 1x1)
@@ -57,6 +59,8 @@ class ClsModelConfig:
 
 @dataclass(frozen=True)
 class ClsDataConfig:
+    """The classification data set (``resdet datasets``), its loader and augmentation."""
+
     dataset: str = "cifar10"  # cifar10 | imagenet | digits | folder:PATH
     root: str | None = None  # data folder; None: datasets/<dataset>
     download: bool = False  # CIFAR-10 only, through torchvision

@@ -130,6 +130,7 @@ class DetReport:
 
 
 def report_of(evaluator: CocoEvaluator | VocEvaluator) -> DetReport:
+    """The full result of the evaluator's last ``compute()``, for tables and eval.json."""
     if isinstance(evaluator, VocEvaluator):
         return DetReport(voc=evaluator.last_result)
     return DetReport(coco=dict(evaluator.last_result))
@@ -168,6 +169,8 @@ def save_detections(evaluator: CocoEvaluator | VocEvaluator, dataset: Dataset, p
 
 @dataclass
 class DetRunResult:
+    """A finished detection run: final report, run folder, where the backbone weights came from."""
+
     report: DetReport
     out_dir: Path
     backbone_init: str

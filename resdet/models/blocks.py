@@ -19,10 +19,12 @@ Shortcut = Literal["A", "B", "C"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """3x3 convolution, padding 1, no bias (BN follows)."""
     return nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
 
 
 def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
+    """1x1 convolution, no bias (BN follows)."""
     return nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
@@ -88,6 +90,7 @@ class BasicBlock(nn.Module):
         )
 
     def last_norm(self) -> nn.Module:
+        """The residual branch's last norm layer (zeroed by ``zero_init_residual``)."""
         return self.bn2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -134,6 +137,7 @@ class Bottleneck(nn.Module):
         )
 
     def last_norm(self) -> nn.Module:
+        """The residual branch's last norm layer (zeroed by ``zero_init_residual``)."""
         return self.bn3
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -246,9 +250,11 @@ class StagedNet(nn.Module):
 
     @property
     def stages(self) -> list[nn.Module]:
+        """``layer1``.. in order (``res2``..)."""
         return [getattr(self, f"layer{i + 1}") for i in range(len(self.feature_info))]
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers before ``layer1``; each net defines its own."""
         raise NotImplementedError
 
     def forward_features(self, x: torch.Tensor) -> OrderedDict[str, torch.Tensor]:

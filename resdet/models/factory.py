@@ -29,6 +29,7 @@ class ModelSpec:
 
     @property
     def block(self) -> str:
+        """``basic`` or ``bottleneck``."""
         if self.family == "cifar":
             return "basic"
         return "bottleneck" if IMAGENET_SPECS[self.depth].block is Bottleneck else "basic"

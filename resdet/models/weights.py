@@ -78,6 +78,7 @@ class WeightEntry:
 
     @property
     def manifest_path(self) -> Path:
+        """The JSON manifest beside the ``.safetensors`` file."""
         return self.path.with_suffix(".json")
 
 
