@@ -22,6 +22,13 @@ def evaluate(
     ] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Data set folder.")] = None,
     ten_crop: Annotated[bool, typer.Option("--ten-crop", help="Also 10-crop testing.")] = False,
+    multi_scale: Annotated[
+        bool,
+        typer.Option(
+            "--multi-scale",
+            help="Also fully-convolutional testing at shorter sides 224-640 (paper 3.4).",
+        ),
+    ] = False,
     annotations: Annotated[
         Path | None, typer.Option("--annotations", help="COCO ground truth JSON.")
     ] = None,
@@ -58,7 +65,7 @@ def evaluate(
     if checkpoint is not None:
         run_entry(
             lambda: _eval_checkpoint(
-                checkpoint, data_dir, ten_crop, device, metric, json_out, results_out
+                checkpoint, data_dir, ten_crop, multi_scale, device, metric, json_out, results_out
             )
         )
     elif voc_root is not None:
@@ -77,6 +84,7 @@ def _eval_checkpoint(
     checkpoint: Path,
     data_dir: Path | None,
     ten_crop: bool,
+    multi_scale: bool,
     device: str,
     metric: str | None,
     json_out: Path | None,
@@ -93,6 +101,7 @@ def _eval_checkpoint(
             checkpoint,
             data_root=str(data_dir) if data_dir else None,
             ten_crop=ten_crop,
+            multi_scale=multi_scale,
             device=device,
         )
         console.print(classification_table(metrics, title=f"{checkpoint}"))

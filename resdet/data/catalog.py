@@ -74,7 +74,9 @@ class DetRequest:
 CLS_DATASETS: Registry[DatasetEntry] = Registry("classification dataset", "resdet datasets")
 DET_DATASETS: Registry[DatasetEntry] = Registry("detection dataset", "resdet datasets")
 
-_IMAGE_FOLDER_OPTIONS = frozenset({"ten_crop", "train_scale", "crop", "test_size", "lighting_std"})
+_IMAGE_FOLDER_OPTIONS = frozenset(
+    {"ten_crop", "train_scale", "crop", "test_size", "lighting_std", "test_scales"}
+)
 # Where users set each option: the experiment config key or the eval flag.
 _OPTION_SOURCES = {
     "ten_crop": "--ten-crop",
@@ -83,6 +85,7 @@ _OPTION_SOURCES = {
     "crop": "data.crop_size",
     "test_size": "data.test_size",
     "lighting_std": "data.lighting",
+    "test_scales": "--multi-scale",
     "download": "data.download / --download",
 }
 
@@ -115,6 +118,7 @@ def build_cls_dataset(
     crop: int = 224,
     test_size: int = 256,
     lighting_std: float = 0.1,
+    test_scales: tuple[int, ...] = (),
     download: bool = False,
 ) -> Dataset:
     """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
@@ -124,8 +128,9 @@ def build_cls_dataset(
     that read no folder (``digits``, ``folder:PATH``) refuse one.
     ``split`` is cifar10's train/val/test, imagenet's train/val, digits' train/test or any
     subfolder of PATH (``PATH/<split>/<class>/*``). ``train`` switches augmentation on.
-    ``ten_crop``, ``train_scale``, ``crop``, ``test_size`` and ``lighting_std`` (AlexNet PCA
-    lighting, 0 disables) apply to imagenet and folder sets, ``val_size`` and ``download`` to
+    ``ten_crop``, ``train_scale``, ``crop``, ``test_size``, ``lighting_std`` (AlexNet PCA
+    lighting, 0 disables) and ``test_scales`` (multi-scale testing) apply to imagenet and folder
+    sets, ``val_size`` and ``download`` to
     cifar10 (an entry's ``options`` say which); one that a set does not use is an error unless
     it has its default value (``CLS_OPTIONS``). Every dataset has ``num_classes`` and
     ``class_names`` and yields ``(float32 [3, H, W], label)``.
@@ -138,6 +143,7 @@ def build_cls_dataset(
         "crop": crop,
         "test_size": test_size,
         "lighting_std": lighting_std,
+        "test_scales": tuple(test_scales),
         "download": download,
     }
     for option, value in options.items():

@@ -85,7 +85,9 @@ class ImageFolderDataset(Dataset):
     random integer in ``train_scale`` (inclusive), a random ``crop x crop`` crop, a left-right flip
     with probability 0.5 and AlexNet PCA lighting noise with std ``lighting_std`` (0 disables it).
     ``train=False``: shorter side resized to ``test_size`` and the centre ``crop x crop`` crop, or
-    with ``ten_crop`` the 10 views of ``cls_transforms.ten_crop`` as ``[10, 3, crop, crop]``.
+    with ``ten_crop`` the 10 views of ``cls_transforms.ten_crop`` as ``[10, 3, crop, crop]``, or
+    with ``test_scales`` a list of whole images, one per shorter side (the paper's
+    fully-convolutional multi-scale testing, ``evaluation.classification.MultiScale``).
 
     Normalisation is per channel with ImageNet's mean/std (``cls_transforms.IMAGENET_MEAN/STD``)
     rather than the paper's per-pixel mean image: under scale augmentation a pixel position has no
@@ -109,9 +111,14 @@ class ImageFolderDataset(Dataset):
         crop: int = 224,
         test_size: int = 256,
         lighting_std: float = 0.1,
+        test_scales: tuple[int, ...] = (),
     ) -> None:
-        if train and ten_crop:
-            raise ValueError("ten_crop is a test-time view; use it with train=False")
+        if train and (ten_crop or test_scales):
+            raise ValueError(
+                "ten_crop and test_scales are test-time views; use them with train=False"
+            )
+        if ten_crop and test_scales:
+            raise ValueError("choose ten_crop or test_scales (multi-scale testing), not both")
         if not crop <= train_scale[0] <= train_scale[1]:
             raise ValueError(
                 f"need crop <= train_scale[0] <= train_scale[1], got {crop}, {train_scale}"
@@ -131,6 +138,7 @@ class ImageFolderDataset(Dataset):
         self.crop = crop
         self.test_size = test_size
         self.lighting_std = lighting_std
+        self.test_scales = tuple(test_scales)
         # One counter per loading process (slot 0: this one, 1 + k: DataLoader worker k) in
         # shared memory, so that skips in workers reach the training process. No two processes
         # write the same slot, so no lock is needed (a lock would tie the dataset to one
@@ -172,7 +180,7 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``key`` is an index or ``(index, seed)``.
 
-        Returns (float32 ``[3, crop, crop]`` or ``[10, 3, crop, crop]`` with ten_crop, label).
+        Returns (image, label); the image as ``transform`` describes.
         """
         index, rng = parse_key(key, len(self))
         for step in range(len(self)):
@@ -182,8 +190,11 @@ class ImageFolderDataset(Dataset):
                 return self.transform(image, rng), int(self.labels[candidate])
         raise RuntimeError(f"no image under {self.root} could be decoded")
 
-    def transform(self, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, crop, crop]``, or ``[10, 3, crop, crop]``."""
+    def transform(
+        self, image: np.ndarray, rng: np.random.Generator
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, crop, crop]``, ``[10, 3, crop, crop]`` with
+        ten_crop, or with test_scales one whole image ``[3, H_s, W_s]`` per shorter side s."""
         if self.train:
             image = random_resize_short_side(image, rng, self.train_scale)
             image = random_hflip(random_crop(image, rng, self.crop), rng)
@@ -191,6 +202,11 @@ class ImageFolderDataset(Dataset):
             if self.lighting_std > 0:
                 unit = lighting(unit, rng, self.lighting_std)
             return to_chw_tensor(normalize(unit))
+        if self.test_scales:
+            return [
+                to_chw_tensor(normalize(to_unit_float(resize_short_side(image, size))))
+                for size in self.test_scales
+            ]
         image = resize_short_side(image, self.test_size)
         if self.ten_crop:
             return torch.from_numpy(ten_crop(normalize(to_unit_float(image)), self.crop))
@@ -222,6 +238,7 @@ def build_imagenet(
     crop: int = 224,
     test_size: int = 256,
     lighting_std: float = 0.1,
+    test_scales: tuple[int, ...] = (),
 ) -> ImageFolderDataset:
     """The ImageNet ``split`` ("train" or "val") of ``root`` as an ``ImageFolderDataset``.
 
@@ -240,6 +257,7 @@ def build_imagenet(
         crop=crop,
         test_size=test_size,
         lighting_std=lighting_std,
+        test_scales=test_scales,
     )
     if dataset.num_classes != IMAGENET_CLASSES:
         warnings.warn(
@@ -260,6 +278,7 @@ def build_image_folder(
     crop: int = 224,
     test_size: int = 256,
     lighting_std: float = 0.1,
+    test_scales: tuple[int, ...] = (),
 ) -> ImageFolderDataset:
     """The ``split`` subfolder of a user's ``path/<split>/<class>/<image>`` tree, with
     ImageNet's recipe (arguments as for ``ImageFolderDataset``)."""
@@ -273,4 +292,5 @@ def build_image_folder(
         crop=crop,
         test_size=test_size,
         lighting_std=lighting_std,
+        test_scales=test_scales,
     )

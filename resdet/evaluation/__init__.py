@@ -1,6 +1,11 @@
 """Evaluators: COCO (pycocotools-exact), PASCAL VOC (devkit rules) and classification top-k."""
 
-from resdet.evaluation.classification import ClassificationEvaluator, TenCrop
+from resdet.evaluation.classification import (
+    PAPER_TEST_SCALES,
+    ClassificationEvaluator,
+    MultiScale,
+    TenCrop,
+)
 from resdet.evaluation.coco import (
     STAT_NAMES,
     CocoEvaluator,
@@ -22,10 +27,12 @@ from resdet.evaluation.voc import (
 )
 
 __all__ = [
+    "PAPER_TEST_SCALES",
     "STAT_NAMES",
     "ClassificationEvaluator",
     "CocoEvaluator",
     "CocoResult",
+    "MultiScale",
     "TenCrop",
     "VocDetection",
     "VocEvaluator",

@@ -1,4 +1,5 @@
-"""Classification evaluation: top-k error across ranks, and the paper's 10-crop testing."""
+"""Classification evaluation: top-k error across ranks, the paper's 10-crop and its
+fully-convolutional multi-scale testing."""
 
 from __future__ import annotations
 
@@ -55,6 +56,32 @@ class ClassificationEvaluator:
                 "ClassificationEvaluator.compute() before any process(): nothing to evaluate"
             )
         return {f"top{k}_err": 1.0 - int(counts[i]) / total for i, k in enumerate(self.topk)}
+
+
+# Paper section 3.4: "the fully-convolutional form ... average the scores at multiple scales
+# (images are resized such that the shorter side is in {224, 256, 384, 480, 640})".
+PAPER_TEST_SCALES = (224, 256, 384, 480, 640)
+
+
+class MultiScale(nn.Module):
+    """Averages a classifier applied fully-convolutionally to whole images at several scales.
+
+    ``forward(views)`` takes a list of [B, 3, H_s, W_s] batches, one per scale (the same
+    images resized; the network's global average pooling takes any size), and returns the log
+    of the mean of their softmax probabilities, [B, C], like ``TenCrop``.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        if not isinstance(views, (list, tuple)) or not views:
+            raise ValueError(
+                "MultiScale takes a non-empty list of [B, 3, H, W] batches, one per scale"
+            )
+        probabilities = [self.model(view).float().softmax(dim=1) for view in views]
+        return torch.stack(probabilities).mean(dim=0).log()
 
 
 class TenCrop(nn.Module):

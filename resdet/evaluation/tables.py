@@ -62,11 +62,13 @@ def _percent(value: float) -> str:
 
 
 def classification_table(metrics: Mapping[str, float], title: str) -> Table:
-    """Top-1/top-5 error in percent: single view, and 10-crop when the keys ``*_10crop`` exist."""
+    """Top-1/top-5 error in percent: single view, and 10-crop / multi-scale when the keys
+    ``*_10crop`` / ``*_multiscale`` exist."""
     table = Table(title=title)
     for column in ("test", "top-1 err", "top-5 err"):
         table.add_column(column, justify="left" if column == "test" else "right")
-    for label, suffix in (("single view", ""), ("10-crop", "_10crop")):
+    views = (("single view", ""), ("10-crop", "_10crop"), ("multi-scale (FCN)", "_multiscale"))
+    for label, suffix in views:
         if f"top1_err{suffix}" in metrics:
             table.add_row(
                 label,

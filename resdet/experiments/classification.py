@@ -13,7 +13,12 @@ from resdet.data.catalog import CLS_DATASETS, build_cls_dataset, find_dataset
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import distributed
 from resdet.engine.evaluate import inference
-from resdet.evaluation.classification import ClassificationEvaluator, TenCrop
+from resdet.evaluation.classification import (
+    PAPER_TEST_SCALES,
+    ClassificationEvaluator,
+    MultiScale,
+    TenCrop,
+)
 from resdet.experiments.common import (
     build_trainer,
     check_same_classes,
@@ -41,7 +46,12 @@ def test_split(data: ClsDataConfig) -> str:
 
 
 def build_dataset(
-    data: ClsDataConfig, split: str, *, train: bool, ten_crop: bool = False
+    data: ClsDataConfig,
+    split: str,
+    *,
+    train: bool,
+    ten_crop: bool = False,
+    test_scales: tuple[int, ...] = (),
 ) -> Dataset:
     """The data set of ``data`` for ``split``, with training augmentation when ``train``."""
     return build_cls_dataset(
@@ -50,6 +60,7 @@ def build_dataset(
         split,
         train=train,
         ten_crop=ten_crop,
+        test_scales=test_scales,
         val_size=data.val_size,
         train_scale=data.train_scale,
         crop=data.crop_size,
@@ -174,20 +185,28 @@ def register_weights(
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, *, data_root: str | None = None, ten_crop: bool = False, device: str = "auto"
+    checkpoint: Path,
+    *,
+    data_root: str | None = None,
+    ten_crop: bool = False,
+    multi_scale: bool = False,
+    device: str = "auto",
 ) -> dict[str, float]:
     """Top-1/top-5 error of a classification checkpoint on its data set's test split.
 
     The task, network and data set come from the checkpoint (``data_root`` moves the data).
     Keys: ``top1_err``, ``top5_err`` (centre/single view) and, with ``ten_crop``,
-    ``top1_err_10crop``, ``top5_err_10crop`` (the paper's 10-crop testing; ImageNet and
-    folder sets only).
+    ``top1_err_10crop``, ``top5_err_10crop`` (the paper's 10-crop testing), with
+    ``multi_scale`` ``top1_err_multiscale``, ``top5_err_multiscale`` (its fully-convolutional
+    testing at shorter sides ``PAPER_TEST_SCALES``); both for ImageNet and folder sets only.
     """
     cfg, state = config_from_checkpoint(checkpoint, ClsExperiment, "cls")
-    if ten_crop and "ten_crop" not in find_dataset(CLS_DATASETS, cfg.data.dataset)[0].options:
+    if (ten_crop or multi_scale) and "ten_crop" not in find_dataset(CLS_DATASETS, cfg.data.dataset)[
+        0
+    ].options:
         raise ValueError(
             f"{cfg.data.dataset} is tested on a single view (for CIFAR-10 the paper's 32x32 "
-            "image, section 4.2); drop --ten-crop"
+            "image, section 4.2); drop --ten-crop / --multi-scale"
         )
     data = cfg.data if data_root is None else replace(cfg.data, root=data_root)
     target = distributed.resolve_device(device)
@@ -212,4 +231,12 @@ def evaluate_checkpoint(
             TenCrop(model), loader, ClassificationEvaluator(), target, amp, channels_last
         )
         metrics.update({f"{k}_10crop": v for k, v in ten.items()})
+    if multi_scale:
+        # Whole images of different shapes: one per batch.
+        views = build_dataset(data, split, train=False, test_scales=PAPER_TEST_SCALES)
+        loader = build_eval_loader(views, batch_size=1, num_workers=data.workers)
+        scales = inference(
+            MultiScale(model), loader, ClassificationEvaluator(), target, amp, channels_last
+        )
+        metrics.update({f"{k}_multiscale": v for k, v in scales.items()})
     return metrics

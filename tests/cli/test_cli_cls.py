@@ -129,8 +129,14 @@ def test_folder_run_learns_and_registers_weights(tmp_path):
     assert [(e["arch"], e["tag"], e["num_classes"]) for e in listed] == [
         ("cifar_resnet20", "run", 2)
     ]
-    result = invoke("eval", "--checkpoint", out / "last.pt", "--ten-crop")
-    assert "10-crop" in result.stdout
+    scores = tmp_path / "eval.json"
+    result = invoke(
+        "eval", "--checkpoint", out / "last.pt", "--ten-crop", "--multi-scale", "--json", scores
+    )
+    assert "10-crop" in result.stdout and "multi-scale" in result.stdout
+    metrics = json.loads(scores.read_text())
+    assert {"top1_err", "top1_err_10crop", "top1_err_multiscale"} <= set(metrics)
+    assert metrics["top1_err_multiscale"] < 0.5  # the trained net, whole images at 224-640 px
 
 
 def test_bad_input_is_named(tmp_path):

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from resdet.data import build_cls_dataset
-from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD
+from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, resize_short_side
 from resdet.data.folder import ImageFolderDataset, build_imagenet
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # the first three ImageNet classes, sorted
@@ -134,6 +134,19 @@ def test_skips_in_dataloader_workers_are_counted_in_the_main_process(tree):
     assert dataset.skipped == 1
 
 
+def test_multi_scale_views_are_whole_images_at_each_shorter_side(tree):
+    dataset = small(tree / "val", train=False, test_scales=(24, 40))
+    views, label = dataset[0]
+    image = cv2.imread(str(dataset.path(0)))
+    assert label == 0 and [min(v.shape[1:]) for v in views] == [24, 40]
+    # whole images (the aspect ratio kept), not crops
+    assert [v.shape[1:] for v in views] == [resize_short_side(image, s).shape[:2] for s in (24, 40)]
+    with pytest.raises(ValueError, match="test-time views; use them with train=False"):
+        small(tree / "train", train=True, test_scales=(24,))
+    with pytest.raises(ValueError, match="choose ten_crop or test_scales"):
+        small(tree / "val", train=False, ten_crop=True, test_scales=(24,))
+
+
 def test_build_imagenet_checks_the_layout(tree, tmp_path):
     with pytest.warns(UserWarning, match="has 3 class folders, ImageNet has 1000"):
         dataset = build_imagenet(tree, "val", crop=24, test_size=32, train_scale=(32, 40))
@@ -162,7 +175,7 @@ def test_folder_errors_name_the_path(tmp_path):
         FileNotFoundError, match=r"1 class folder\(s\) in .* hold no images \(cats\)"
     ):
         ImageFolderDataset(tmp_path, train=False)
-    with pytest.raises(ValueError, match="use it with train=False"):
+    with pytest.raises(ValueError, match="test-time views; use them with train=False"):
         ImageFolderDataset(tmp_path, train=True, ten_crop=True)
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from resdet.evaluation import ClassificationEvaluator, TenCrop
+from resdet.evaluation import PAPER_TEST_SCALES, ClassificationEvaluator, MultiScale, TenCrop
 
 
 def test_topk_errors_by_hand() -> None:
@@ -56,3 +56,21 @@ def test_ten_crop_averages_softmax_probabilities() -> None:
     torch.testing.assert_close(model(images).exp(), expected)
     plain = images[:, 0]
     torch.testing.assert_close(model(plain), _CropLogits()(plain))
+
+
+class _PooledLogits(nn.Module):
+    """Logits [N, 3] from the global mean of each image: any input size, as a ResNet."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        v = images.mean(dim=(1, 2, 3))
+        return torch.stack([v, -v, v * v], dim=1)
+
+
+def test_multi_scale_averages_softmax_probabilities_over_scales() -> None:
+    assert PAPER_TEST_SCALES == (224, 256, 384, 480, 640)  # paper section 3.4
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(2, 3, s, s + 3, generator=g) for s in (4, 6, 9)]
+    expected = torch.stack([_PooledLogits()(v).softmax(dim=1) for v in views]).mean(dim=0)
+    torch.testing.assert_close(MultiScale(_PooledLogits())(views).exp(), expected)
+    with pytest.raises(ValueError, match="list of \\[B, 3, H, W\\] batches"):
+        MultiScale(_PooledLogits())(views[0])
