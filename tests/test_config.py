@@ -105,9 +105,8 @@ def test_recipes_carry_the_papers_numbers():
             0.9,
         )
         assert cfg.train.iters == 64000
-        # ResNet-110 and 1202 warm up at lr 0.01 for about 400 iterations; the others do not.
-        if depth >= 110:
-            assert (o.warmup, o.warmup_iters) == ("constant", 400)
+        if depth >= 110:  # lr 0.01 until the training error is below 80%
+            assert (o.warmup, o.warmup_until_train_err) == ("constant", 0.8)
             assert o.lr * o.warmup_factor == pytest.approx(0.01)
         else:
             assert o.warmup == "none"

@@ -318,6 +318,7 @@ class Trainer:
             record["skipped_images"] = round(
                 record["skipped_images"] * distributed.get_world_size()
             )
+        self.schedule.observe_train(self.iteration, record)
         self.metrics_log.write(record)
         self._progress.log_train(record)
         self._meter.reset()

@@ -54,7 +54,9 @@ def seed_everything(seed: int) -> None:
 def build_schedule(cfg: OptimConfig, max_iters: int) -> Schedule:
     """The learning-rate schedule of ``cfg`` over a run of ``max_iters`` iterations."""
     warmup = (
-        Warmup(cfg.warmup, cfg.warmup_factor, cfg.warmup_iters) if cfg.warmup != "none" else None
+        Warmup(cfg.warmup, cfg.warmup_factor, cfg.warmup_iters, cfg.warmup_until_train_err or None)
+        if cfg.warmup != "none"
+        else None
     )
     if cfg.schedule == "step":
         late = [s for s in cfg.steps if s >= max_iters]

@@ -25,6 +25,10 @@ class OptimConfig:
     warmup: Literal["none", "linear", "constant"] = "none"
     warmup_iters: int = 0
     warmup_factor: float = 0.1  # lr multiplier at the start of (or during a constant) warm-up
+    # End the warm-up at the first training log with mean top1_err below this (0: never);
+    # warmup_iters is then the longest it lasts (paper 4.2: "until the training error is below
+    # 80%")
+    warmup_until_train_err: float = 0.0
     plateau_metric: str = "top1_err"  # eval metric watched by "plateau" (lower is better)
     plateau_patience: int = 3  # evaluations without improvement before dividing the lr
     grad_clip: float = 0.0  # max gradient norm; 0 disables clipping

@@ -70,7 +70,12 @@ def test_plateau_divides_by_ten_after_patience_is_exceeded() -> None:
     restored = PlateauSchedule(0.1, metric="top1_err", patience=1, min_delta=0.01)
     restored.load_state_dict(schedule.state_dict())
     assert restored.lr_at(0) == pytest.approx(0.001)
-    assert restored.state_dict() == {"best": 0.30, "bad_evals": 0, "reductions": 2}
+    assert restored.state_dict() == {
+        "warmup_ended_at": None,
+        "best": 0.30,
+        "bad_evals": 0,
+        "reductions": 2,
+    }
 
 
 def test_plateau_in_max_mode_and_with_a_missing_metric() -> None:
@@ -95,3 +100,23 @@ def test_apply_sets_every_parameter_group() -> None:
 def test_invalid_warmup_is_refused() -> None:
     with pytest.raises(ValueError, match="'linear' or 'constant'"):
         Warmup("exponential", 0.1, 10)  # type: ignore[arg-type]
+
+
+def test_warmup_until_the_training_error_is_below_80_percent():
+    # Paper 4.2 (ResNet-110): lr 0.01 "until the training error is below 80% (about 400
+    # iterations), and then go back to 0.1"; warmup iters is the longest it may last.
+    warmup = Warmup("constant", 0.1, 2000, until_train_err=0.8)
+    schedule = StepSchedule(0.1, [32000, 48000], warmup=warmup)
+    schedule.observe_train(300, {"loss": 2.1, "top1_err": 0.85})
+    assert schedule.lr_at(350) == pytest.approx(0.01)
+    schedule.observe_train(400, {"loss": 1.9, "top1_err": 0.79})
+    assert schedule.lr_at(399) == pytest.approx(0.01) and schedule.lr_at(400) == pytest.approx(0.1)
+    schedule.observe_train(500, {"top1_err": 0.9})  # once ended, it stays ended
+    assert schedule.lr_at(500) == pytest.approx(0.1)
+    resumed = StepSchedule(0.1, [32000, 48000], warmup=warmup)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.lr_at(400) == pytest.approx(0.1) and resumed.lr_at(399) == pytest.approx(0.01)
+    never = StepSchedule(0.1, [32000], warmup=warmup)  # error never falls: ends at iters
+    assert never.lr_at(1999) == pytest.approx(0.01) and never.lr_at(2000) == pytest.approx(0.1)
+    with pytest.raises(KeyError, match="drop warmup_until_train_err"):
+        never.observe_train(100, {"loss": 1.0})
