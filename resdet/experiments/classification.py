@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdet.data.catalog import CLS_DATASETS, build_cls_dataset, find_dataset
+from resdet.data.catalog import build_cls_dataset
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import distributed
 from resdet.engine.evaluate import inference
@@ -201,42 +201,33 @@ def evaluate_checkpoint(
     testing at shorter sides ``PAPER_TEST_SCALES``); both for ImageNet and folder sets only.
     """
     cfg, state = config_from_checkpoint(checkpoint, ClsExperiment, "cls")
-    if (ten_crop or multi_scale) and "ten_crop" not in find_dataset(CLS_DATASETS, cfg.data.dataset)[
-        0
-    ].options:
-        raise ValueError(
-            f"{cfg.data.dataset} is tested on a single view (for CIFAR-10 the paper's 32x32 "
-            "image, section 4.2); drop --ten-crop / --multi-scale"
-        )
     data = cfg.data if data_root is None else replace(cfg.data, root=data_root)
     target = distributed.resolve_device(device)
     split = test_split(data)
-    test_set = build_dataset(data, split, train=False)
+    # Every view's data set first: the catalog refuses --ten-crop / --multi-scale for
+    # single-view sets (CIFAR-10, digits) before any evaluation has run.
+    views: list[tuple[str, Dataset, type[nn.Module] | None, int]] = [
+        ("", build_dataset(data, split, train=False), None, data.batch_size)
+    ]
+    if ten_crop:
+        crops = build_dataset(data, split, train=False, ten_crop=True)
+        views.append(("_10crop", crops, TenCrop, max(1, data.batch_size // 10)))
+    if multi_scale:
+        # Whole images of different shapes: one per batch.
+        scales = build_dataset(data, split, train=False, test_scales=PAPER_TEST_SCALES)
+        views.append(("_multiscale", scales, MultiScale, 1))
     # The checkpoint holds every parameter: no store weights to load first.
     model = build_classifier(
-        replace(cfg, model=replace(cfg.model, weights=None)), test_set.num_classes
+        replace(cfg, model=replace(cfg.model, weights=None)), views[0][1].num_classes
     )
     model.load_state_dict(state["model"])
     channels_last = cfg.train.channels_last
     model.to(target, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     amp = resolve_amp(cfg.train.amp, target)
-    loader = build_eval_loader(test_set, batch_size=data.batch_size, num_workers=data.workers)
-    metrics = inference(model, loader, ClassificationEvaluator(), target, amp, channels_last)
-    if ten_crop:
-        crops = build_dataset(data, split, train=False, ten_crop=True)
-        loader = build_eval_loader(
-            crops, batch_size=max(1, data.batch_size // 10), num_workers=data.workers
-        )
-        ten = inference(
-            TenCrop(model), loader, ClassificationEvaluator(), target, amp, channels_last
-        )
-        metrics.update({f"{k}_10crop": v for k, v in ten.items()})
-    if multi_scale:
-        # Whole images of different shapes: one per batch.
-        views = build_dataset(data, split, train=False, test_scales=PAPER_TEST_SCALES)
-        loader = build_eval_loader(views, batch_size=1, num_workers=data.workers)
-        scales = inference(
-            MultiScale(model), loader, ClassificationEvaluator(), target, amp, channels_last
-        )
-        metrics.update({f"{k}_multiscale": v for k, v in scales.items()})
+    metrics: dict[str, float] = {}
+    for suffix, dataset, wrapper, batch_size in views:
+        loader = build_eval_loader(dataset, batch_size=batch_size, num_workers=data.workers)
+        viewed = model if wrapper is None else wrapper(model)
+        result = inference(viewed, loader, ClassificationEvaluator(), target, amp, channels_last)
+        metrics.update({f"{key}{suffix}": value for key, value in result.items()})
     return metrics

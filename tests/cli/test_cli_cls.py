@@ -85,6 +85,11 @@ def test_cifar_run_eval_and_exact_resume(tmp_path):
     assert reported["top1_err"] == pytest.approx((top5[:, 0] != labels).float().mean().item())
     top5_err = 1 - (top5 == labels[:, None]).any(dim=1).float().mean().item()
     assert reported["top5_err"] == pytest.approx(top5_err)
+    # CIFAR-10 is tested on the single 32x32 view (paper 4.2): no 10-crop or multi-scale.
+    for flag in ("--ten-crop", "--multi-scale"):
+        refused = runner.invoke(app, ["eval", "--checkpoint", str(whole / "last.pt"), flag])
+        assert refused.exit_code == 2 and "cifar10 does not take" in refused.output
+        assert flag in " ".join(refused.output.split())
 
     invoke("plot", whole, half, "--out", tmp_path / "curves.png")
     # resdet.viz.plot_curves draws 7 x 4.5 inches at 120 dpi.
