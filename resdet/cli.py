@@ -11,7 +11,7 @@ from rich.table import Table
 
 import resdet
 from resdet import cli_eval, cli_train
-from resdet.cli_common import console, fail
+from resdet.cli_common import console, fail, show_library_messages
 
 app = typer.Typer(
     help="ResNet backbones, classifiers and detectors (He et al. 2016) as a toolkit.",
@@ -46,6 +46,7 @@ def main(
     ] = False,
 ) -> None:
     """resdet: train and evaluate ResNet classifiers and Faster/Mask R-CNN detectors."""
+    show_library_messages()
 
 
 @app.command()
@@ -125,22 +126,40 @@ def weights_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the weight store's entries."""
-    from resdet.models.weights import list_weights, store_root
+    from resdet.models.weights import default_tag, list_weights, store_root
 
     entries = list_weights()
+    defaults = {e.arch: default_tag(e.arch) for e in entries}
     if as_json:
-        typer.echo(json.dumps([entry_json(e) for e in entries], indent=2))
+        rows = [{**entry_json(e), "default": defaults[e.arch] == e.tag} for e in entries]
+        typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table(title=f"weights in {store_root()}")
+    table = Table(title=f"weights in {store_root()} (* = the default that `auto` takes)")
     for column in ("arch", "tag", "layout", "classes", "dataset", "metrics", "source", "date"):
         table.add_column(column)
     for e in entries:
         metrics = ", ".join(f"{k}={v:.4g}" for k, v in e.metrics.items())
         layout = f"{e.variant.shortcut}, stride in {'1x1' if e.variant.stride_in_1x1 else '3x3'}"
-        table.add_row(
-            e.arch, e.tag, layout, str(e.num_classes), e.dataset, metrics, e.source, e.date
-        )
+        tag = f"{e.tag} *" if defaults[e.arch] == e.tag else e.tag
+        table.add_row(e.arch, tag, layout, str(e.num_classes), e.dataset, metrics, e.source, e.date)
     console.print(table)
+
+
+@weights_app.command("default")
+def weights_default(
+    arch: Annotated[str, typer.Argument(help="Registered name, e.g. resnet50.")],
+    tag: Annotated[
+        str | None, typer.Argument(help="The ImageNet entry `auto` should take; omit to clear.")
+    ] = None,
+) -> None:
+    """Mark the entry that `backbone_weights: auto` (train-det's default) starts from."""
+    from resdet.models.weights import set_default
+
+    try:
+        set_default(arch, tag)
+    except (ValueError, FileNotFoundError) as error:
+        raise fail(str(error)) from None
+    console.print(f"default for {arch}: {tag}" if tag else f"default for {arch} cleared")
 
 
 def entry_json(entry: object) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -11,6 +12,24 @@ from rich.console import Console
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+class _ConsoleHandler(logging.Handler):
+    """Shows the library's messages for people (the ``resdet`` logger's INFO) on the console."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(self.format(record), highlight=False, markup=False)
+
+
+def show_library_messages() -> None:
+    """Print what resdet logs at INFO or above (data summaries, set generation) on the console.
+
+    The library only logs; the CLI decides that a person sees it. Idempotent.
+    """
+    library = logging.getLogger("resdet")
+    if not any(isinstance(h, _ConsoleHandler) for h in library.handlers):
+        library.addHandler(_ConsoleHandler())
+    library.setLevel(logging.INFO)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

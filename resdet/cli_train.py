@@ -32,6 +32,18 @@ WorkersOpt = Annotated[int | None, typer.Option("--workers", help="Data loader p
 ResumeOpt = Annotated[
     Path | None, typer.Option("--resume", help="Checkpoint (last.pt) to continue.")
 ]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", help="Stop at any data problem instead of dropping and counting it."),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite",
+        help="Start afresh in an --out folder that holds a run: its files are moved aside into "
+        "OUT/replaced-<time>/ (nothing is deleted).",
+    ),
+]
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override any config key: --set optim.lr=0.05")
 ]
@@ -53,9 +65,10 @@ def common_overrides(
     device: str | None,
     amp: bool | None,
     workers: int | None,
+    strict: bool,
 ) -> list[str]:
     """``key=value`` overrides for the options shared by both training commands."""
-    overrides = []
+    overrides = ["data.strict=true"] if strict else []
     if data_dir is not None:
         overrides.append(f"data.root={data_dir}")
     if iters is not None:
@@ -73,6 +86,12 @@ def common_overrides(
     if workers is not None:
         overrides.append(f"data.workers={workers}")
     return overrides
+
+
+def check_fresh_or_resumed(resume: Path | None, overwrite: bool) -> None:
+    """``--overwrite`` starts a run afresh, ``--resume`` continues one: not both."""
+    if overwrite and resume is not None:
+        raise fail("--overwrite starts a new run and --resume continues one: choose one")
 
 
 def load_run_config(
@@ -107,6 +126,12 @@ def train_cls(
     register: Annotated[
         bool, typer.Option("--register", help="Add the final weights to the weight store.")
     ] = False,
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download", help="cifar10: fetch the batches with torchvision first (online)."
+        ),
+    ] = False,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     out: OutOpt = None,
@@ -118,12 +143,15 @@ def train_cls(
     amp: AmpOpt = None,
     workers: WorkersOpt = None,
     resume: ResumeOpt = None,
+    strict: StrictOpt = False,
+    overwrite: OverwriteOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Train a classifier with the paper's recipe (CIFAR-10 section 4.2, ImageNet section 3.4)."""
     from resdet.experiments.classification import train_classifier
     from resdet.experiments.configs import ClsExperiment
 
+    check_fresh_or_resumed(resume, overwrite)
     family = "cifar_" if dataset in ("cifar10", "digits") else ""
     recipe = "imagenet" if dataset.startswith("folder:") else dataset
     net = f"{'plain' if plain else 'resnet'}{depth}" if depth is not None else None
@@ -141,6 +169,8 @@ def train_cls(
         overrides.append(f"model.shortcut={shortcut.upper()}")
     if register:
         overrides.append("register=true")
+    if download:
+        overrides.append("data.download=true")
     overrides += common_overrides(
         data_dir=data_dir,
         iters=iters,
@@ -150,6 +180,7 @@ def train_cls(
         device=device,
         amp=amp,
         workers=workers,
+        strict=strict,
     )
     cfg, resumed_dir = load_run_config(ClsExperiment, config, overrides + (set_ or []), resume)
     out_dir = (
@@ -161,7 +192,7 @@ def train_cls(
     def job() -> None:
         from resdet.evaluation.tables import classification_table
 
-        result = train_classifier(cfg, out_dir, resume=resume)
+        result = train_classifier(cfg, out_dir, resume=resume, overwrite=overwrite)
         console.print(classification_table(result.metrics, title=f"{cfg.model.name} on {dataset}"))
         console.print(f"run folder: {out_dir}")
         if result.weights_tag:
@@ -206,6 +237,14 @@ def train_det(
     backbone: Annotated[str | None, typer.Option("--backbone", help="e.g. resnet101.")] = None,
     head: Annotated[str | None, typer.Option("--head", help="c4 (the paper's) or fpn.")] = None,
     task: Annotated[str, typer.Option("--task", help="det (boxes) or segm (Mask R-CNN).")] = "det",
+    backbone_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--backbone-weights",
+            help="auto (the store's default, else the best ImageNet top-1, else the newest), "
+            "a weight-store TAG, a .safetensors PATH, or none (random initialisation).",
+        ),
+    ] = None,
     config: ConfigOpt = None,
     data_dir: DataDirOpt = None,
     out: OutOpt = None,
@@ -217,12 +256,15 @@ def train_det(
     amp: AmpOpt = None,
     workers: WorkersOpt = None,
     resume: ResumeOpt = None,
+    strict: StrictOpt = False,
+    overwrite: OverwriteOpt = False,
     set_: SetOpt = None,
 ) -> None:
     """Train Faster R-CNN (or Mask R-CNN with --task segm), then print the COCO or VOC table."""
     from resdet.experiments.configs import DetExperiment
     from resdet.experiments.detection import print_report, train_detector
 
+    check_fresh_or_resumed(resume, overwrite)
     if task not in ("det", "segm"):
         raise fail(f"--task must be det or segm, got {task!r}")
     if config is None and resume is None:
@@ -234,6 +276,9 @@ def train_det(
         overrides.append(f"model.backbone={backbone}")
     if head is not None:
         overrides.append(f"model.head={head}")
+    if backbone_weights is not None:
+        value = "null" if backbone_weights.lower() == "none" else backbone_weights
+        overrides.append(f"model.backbone_weights={value}")
     overrides += common_overrides(
         data_dir=data_dir,
         iters=iters,
@@ -243,6 +288,7 @@ def train_det(
         device=device,
         amp=amp,
         workers=workers,
+        strict=strict,
     )
     cfg, resumed_dir = load_run_config(DetExperiment, config, overrides + (set_ or []), resume)
     name = dataset.split(":")[0]
@@ -252,9 +298,8 @@ def train_det(
     )
 
     def job() -> None:
-        result = train_detector(cfg, out_dir, resume=resume)
+        result = train_detector(cfg, out_dir, resume=resume, overwrite=overwrite)
         print_report(result.report, title=f"{cfg.model.backbone}-{cfg.model.head} on {dataset}")
-        console.print(f"backbone: {result.backbone_init}")
         console.print(f"run folder: {out_dir}")
 
     run_entry(job)

@@ -7,9 +7,9 @@ from. ``NAME:PATH`` entries (``folder``, ``coco-format``) take the data's path a
     from resdet.data.catalog import DET_DATASETS, DatasetEntry
     DET_DATASETS.register("parts", DatasetEntry(build_parts, "machine parts, COCO format"))
 
-Classification builders are called as ``build(path, root, split, train=..., **options)`` with the
-``options`` their entry names (see ``build_cls_dataset``), detection builders with one
-``DetRequest``. Builders import their modules when called, so listing stays cheap.
+Classification builders are called as ``build(path, root, split, train=..., strict=...,
+**options)`` with the ``options`` their entry names (see ``build_cls_dataset``), detection
+builders with one ``DetRequest``. Builders import their modules when called, so listing stays cheap.
 """
 
 from __future__ import annotations
@@ -64,11 +64,13 @@ class DetRequest:
     min_size: int | tuple[int, ...]
     max_size: int
     val_annotations: str | None
+    strict: bool = False  # every annotation or image problem is an error, not a counted drop
 
     @property
-    def sizes(self) -> dict[str, Any]:
-        """``min_size`` and ``max_size`` as keyword arguments for the data set classes."""
-        return {"min_size": self.min_size, "max_size": self.max_size}
+    def dataset_options(self) -> dict[str, Any]:
+        """``min_size``, ``max_size`` and ``strict`` as keyword arguments for the data set
+        classes."""
+        return {"min_size": self.min_size, "max_size": self.max_size, "strict": self.strict}
 
 
 CLS_DATASETS: Registry[DatasetEntry] = Registry("classification dataset", "resdet datasets")
@@ -120,6 +122,7 @@ def build_cls_dataset(
     lighting_std: float = 0.1,
     test_scales: tuple[int, ...] = (),
     download: bool = False,
+    strict: bool = False,
 ) -> Dataset:
     """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
     ``folder:PATH``, ...).
@@ -132,7 +135,8 @@ def build_cls_dataset(
     lighting, 0 disables) and ``test_scales`` (multi-scale testing) apply to imagenet and folder
     sets, ``val_size`` and ``download`` to
     cifar10 (an entry's ``options`` say which); one that a set does not use is an error unless
-    it has its default value (``CLS_OPTIONS``). Every dataset has ``num_classes`` and
+    it has its default value (``CLS_OPTIONS``). ``strict`` makes an unreadable image an error
+    rather than a counted skip (every set takes it). Every dataset has ``num_classes`` and
     ``class_names`` and yields ``(float32 [3, H, W], label)``.
     """
     entry, path = find_dataset(CLS_DATASETS, name)
@@ -159,14 +163,14 @@ def build_cls_dataset(
                 f"{CLS_OPTIONS[option]!r}"
             )
     used = {option: options[option] for option in entry.options}
-    return entry.build(path, _root(name, entry, root), split, train=train, **used)
+    return entry.build(path, _root(name, entry, root), split, train=train, strict=strict, **used)
 
 
 # build_cls_dataset's options and their defaults, read from its signature (one source).
 CLS_OPTIONS: dict[str, Any] = {
     name: parameter.default
     for name, parameter in inspect.signature(build_cls_dataset).parameters.items()
-    if parameter.kind is parameter.KEYWORD_ONLY and name != "train"
+    if parameter.kind is parameter.KEYWORD_ONLY and name not in ("train", "strict")
 }
 
 
@@ -180,12 +184,14 @@ def build_det_dataset(
     min_size: int | tuple[int, ...] = 800,
     max_size: int = 1333,
     val_annotations: str | None = None,
+    strict: bool = False,
 ) -> Dataset:
     """The training (``train``) or evaluation split of the registered detection set ``name``.
 
     ``root`` as for ``build_cls_dataset``; images are resized to ``min_size`` (one value, or
     several drawn per training image) / ``max_size``; ``with_masks`` adds instance masks;
-    ``val_annotations`` is the evaluation JSON of a ``coco-format:PATH`` set.
+    ``val_annotations`` is the evaluation JSON of a ``coco-format:PATH`` set; ``strict`` turns
+    every dropped or clipped box and skipped image into an error.
     """
     entry, path = find_dataset(DET_DATASETS, name)
     if val_annotations is not None and "val_annotations" not in entry.options:
@@ -203,6 +209,7 @@ def build_det_dataset(
         min_size,
         max_size,
         val_annotations,
+        strict,
     )
     return entry.build(request)
 
@@ -218,29 +225,34 @@ def _root(name: str, entry: DatasetEntry, root: str | Path | None) -> str | Path
 
 
 def _cifar10(
-    path: None, root: str, split: str, *, train: bool, val_size: int, download: bool
+    path: None, root: str, split: str, *, train: bool, strict: bool, val_size: int, download: bool
 ) -> Dataset:
     from resdet.data.cifar import Cifar10
 
+    # strict has nothing to add: a batch is read whole or refused.
     return Cifar10(root, split, augment=train, val_size=val_size, download=download)
 
 
-def _digits(path: None, root: None, split: str, *, train: bool) -> Dataset:
+def _digits(path: None, root: None, split: str, *, train: bool, strict: bool) -> Dataset:
     from resdet.data.digits import Digits
 
     return Digits(split, augment=train)
 
 
-def _imagenet(path: None, root: str, split: str, *, train: bool, **sizes: Any) -> Dataset:
+def _imagenet(
+    path: None, root: str, split: str, *, train: bool, strict: bool, **sizes: Any
+) -> Dataset:
     from resdet.data.folder import build_imagenet
 
-    return build_imagenet(root, split, train=train, **sizes)
+    return build_imagenet(root, split, train=train, strict=strict, **sizes)
 
 
-def _image_folder(path: str, root: None, split: str, *, train: bool, **sizes: Any) -> Dataset:
+def _image_folder(
+    path: str, root: None, split: str, *, train: bool, strict: bool, **sizes: Any
+) -> Dataset:
     from resdet.data.folder import build_image_folder
 
-    return build_image_folder(path, split, train=train, **sizes)
+    return build_image_folder(path, split, train=train, strict=strict, **sizes)
 
 
 CLS_DATASETS.register(
@@ -286,7 +298,7 @@ def _shapes(r: DetRequest) -> Dataset:
         root=r.root,
         with_masks=r.with_masks,
         keep_empty=r.keep_empty,
-        **r.sizes,
+        **r.dataset_options,
     )
 
 
@@ -300,7 +312,7 @@ def _coco(r: DetRequest) -> Dataset:
         train=r.train,
         with_masks=r.with_masks,
         keep_empty=r.keep_empty,
-        **r.sizes,
+        **r.dataset_options,
     )
 
 
@@ -314,7 +326,11 @@ def _coco_format(r: DetRequest) -> Dataset:
         )
     annotations = r.path if r.train or r.val_annotations is None else r.val_annotations
     return build_coco_format(
-        annotations, train=r.train, with_masks=r.with_masks, keep_empty=r.keep_empty, **r.sizes
+        annotations,
+        train=r.train,
+        with_masks=r.with_masks,
+        keep_empty=r.keep_empty,
+        **r.dataset_options,
     )
 
 
@@ -332,9 +348,9 @@ def _voc(
                 "(model.masks)"
             )
         if not r.train:
-            return build_voc(r.root, *test_part, train=False, **r.sizes)
+            return build_voc(r.root, *test_part, train=False, **r.dataset_options)
         sets = [
-            build_voc(r.root, year, split, train=True, keep_empty=r.keep_empty, **r.sizes)
+            build_voc(r.root, year, split, train=True, keep_empty=r.keep_empty, **r.dataset_options)
             for year, split in train_parts
         ]
         return sets[0] if len(sets) == 1 else VocConcat(sets)

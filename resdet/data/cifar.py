@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import pad_crop_flip, parse_key, subtract_mean_image, to_chw_tensor
+from resdet.data.safe_pickle import load_data_pickle
 
 BATCHES_DIR = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -33,8 +33,13 @@ def download_cifar10(root: str | Path) -> Path:
     folder = find_batches_dir(root)
     if not (folder / META_FILE).is_file():
         from torchvision.datasets import CIFAR10
+        from torchvision.datasets.utils import download_and_extract_archive
 
-        CIFAR10(root=str(root), train=True, download=True)
+        # Only torchvision's download and checksum: its CIFAR10 class would then read the
+        # batches with an unrestricted pickle.load, and this module reads them itself.
+        download_and_extract_archive(
+            CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5
+        )
     return find_batches_dir(root)
 
 
@@ -47,12 +52,13 @@ def _layout_help(folder: Path) -> str:
 
 
 def _load_pickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as f:
-            # Python 2 pickled the batches; latin1 restores its byte strings and numpy arrays.
-            entry = pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise ValueError(f"cannot read CIFAR-10 batch {path}: {e}; re-download it") from e
+    # Python 2 pickled the batches; latin1 restores its byte strings and numpy arrays. The
+    # restricted unpickler refuses any file that names code (a crafted batch would run it).
+    entry = load_data_pickle(path, "CIFAR-10 batch", encoding="latin1")
+    if not isinstance(entry, dict):
+        raise ValueError(
+            f"CIFAR-10 batch {path} holds a {type(entry).__name__}, expected a dict; re-download it"
+        )
     # Python 2 str keys load as str, keys written from Python 3 as bytes: accept both.
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 

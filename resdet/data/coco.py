@@ -26,12 +26,11 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from resdet.data.detection import (
+    AnnotationLog,
     DetectionDataset,
     ImageRecord,
     Segmentation,
-    clip_boxes,
-    log_stats,
-    new_stats,
+    clean_boxes,
 )
 
 COCO_LAYOUT = (
@@ -43,8 +42,10 @@ COCO_FORMAT_PREFIX = "coco-format:"
 def load_coco(annotation_file: str | Path) -> COCO:
     """Parse a COCO instances JSON into a pycocotools ``COCO`` (quietly: no index prints).
 
-    Errors name the file: a missing file, invalid JSON (with line and column), or a JSON without
-    ``images`` / ``categories``. A missing ``annotations`` list means an unannotated set.
+    Errors name the file and what to fix: a missing file, invalid JSON (with line and column),
+    a JSON without its ``images``, ``annotations`` or ``categories`` list, duplicate image,
+    annotation or category ids (pycocotools would silently keep one of each), and an annotation
+    whose ``bbox`` is not four numbers (naming its id).
     """
     path = Path(annotation_file)
     if not path.is_file():
@@ -57,15 +58,61 @@ def load_coco(annotation_file: str | Path) -> COCO:
         raise ValueError(f"{path} is not valid COCO JSON: {error}") from error
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a COCO JSON is an object, found a {type(data).__name__}")
-    missing = [key for key in ("images", "categories") if key not in data]
-    if missing:
-        raise ValueError(f"{path} has no {' or '.join(missing)} list; is it a COCO instances file?")
-    data.setdefault("annotations", [])
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            found = "is missing" if key not in data else f"is a {type(data[key]).__name__}"
+            fix = (
+                ' (write "annotations": [] for a set without objects)'
+                if key == "annotations"
+                else ""
+            )
+            raise ValueError(
+                f"{path}: the {key!r} list {found}; a COCO instances file has images, "
+                f"annotations and categories lists{fix}"
+            )
+        _check_unique_ids(path, key, data[key])
+    image_ids = {image["id"] for image in data["images"]}
+    for ann in data["annotations"]:
+        _check_bbox(path, ann)
+        if ann.get("image_id") not in image_ids:
+            raise ValueError(
+                f"{path}: annotation {ann['id']} has image_id {ann.get('image_id')!r}, which is "
+                "not in the images list; add the image or remove the annotation"
+            )
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _check_unique_ids(path: Path, key: str, entries: list[Any]) -> None:
+    seen: set[Any] = set()
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or "id" not in entry:
+            raise ValueError(f"{path}: {key}[{index}] has no 'id': {entry!r:.80}")
+        ident = entry["id"]
+        if not isinstance(ident, int) or isinstance(ident, bool):
+            raise ValueError(f"{path}: {key}[{index}] has id {ident!r}; ids are integers")
+        if ident in seen:
+            raise ValueError(
+                f"{path}: {key} id {ident} appears more than once (again at {key}[{index}]); "
+                "give every entry its own id"
+            )
+        seen.add(ident)
+
+
+def _check_bbox(path: Path, ann: dict[str, Any]) -> None:
+    # NaN is a number here: such boxes are dropped and counted later, like empty ones.
+    bbox = ann.get("bbox")
+    numbers = isinstance(bbox, list) and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
+    )
+    if not numbers or len(bbox) != 4:
+        raise ValueError(
+            f"{path}: annotation {ann.get('id')} needs a bbox of four numbers [x, y, width, "
+            f"height], found {bbox!r:.80}"
+        )
 
 
 def _is_valid_polygon(polygon: Any) -> bool:
@@ -91,6 +138,7 @@ class CocoDetection(DetectionDataset):
         max_size: cap on the longer side in pixels.
         with_masks: add ``masks`` uint8 [N, H, W]; objects without a usable segmentation are dropped.
         keep_empty: keep images without objects as negatives.
+        strict: every dropped or clipped box, polygon or object is an error (`AnnotationLog`).
     """
 
     def __init__(
@@ -103,20 +151,21 @@ class CocoDetection(DetectionDataset):
         max_size: int = 1333,
         with_masks: bool = False,
         keep_empty: bool = True,
+        strict: bool = False,
     ) -> None:
         self.annotation_file = Path(annotation_file)
         self.image_dir = Path(image_dir)
         self.coco = load_coco(self.annotation_file)
         category_ids = sorted(self.coco.cats)
         self.category_id_to_label = {cid: i + 1 for i, cid in enumerate(category_ids)}
-        stats = new_stats()
+        log = AnnotationLog(self.annotation_file, strict=strict)
         self._malformed_polygon_ids: list[int] = []
-        records = [self._record(image_id, stats, with_masks) for image_id in sorted(self.coco.imgs)]
+        records = [self._record(image_id, log, with_masks) for image_id in sorted(self.coco.imgs)]
         if self._malformed_polygon_ids:
             ids = self._malformed_polygon_ids
             warnings.warn(
-                f"{self.annotation_file}: dropped {stats['dropped_polygons']} malformed polygons "
-                f"(fewer than 3 points, odd length or NaN) in annotations "
+                f"{self.annotation_file}: dropped {log.stats['dropped_polygons']} malformed "
+                f"polygons (fewer than 3 points, odd length or NaN) in annotations "
                 f"{', '.join(map(str, ids[:10]))}{' ...' if len(ids) > 10 else ''}",
                 stacklevel=2,
             )
@@ -124,15 +173,16 @@ class CocoDetection(DetectionDataset):
             records,
             class_names=[self.coco.cats[cid]["name"] for cid in category_ids],
             label_to_category_id={label: cid for cid, label in self.category_id_to_label.items()},
-            stats=stats,
+            stats=log.stats,
             train=train,
             min_size=min_size,
             max_size=max_size,
             with_masks=with_masks,
             keep_empty=keep_empty,
+            strict=strict,
         )
 
-    def _record(self, image_id: int, stats: dict[str, int], with_masks: bool) -> ImageRecord:
+    def _record(self, image_id: int, log: AnnotationLog, with_masks: bool) -> ImageRecord:
         info = self.coco.imgs[image_id]
         try:
             width, height, file_name = int(info["width"]), int(info["height"]), info["file_name"]
@@ -147,26 +197,32 @@ class CocoDetection(DetectionDataset):
                     f"{self.annotation_file}: annotation {ann.get('id')} has category_id "
                     f"{ann.get('category_id')!r}, which is not in the categories list"
                 )
-            if len(ann.get("bbox", ())) != 4:
-                raise ValueError(
-                    f"{self.annotation_file}: annotation {ann.get('id')} needs a bbox "
-                    f"[x, y, width, height], found {ann.get('bbox')!r}"
-                )
         xywh = np.array([a["bbox"] for a in annotations], dtype=np.float32).reshape(-1, 4)
-        boxes, keep, n_clipped = clip_boxes(
+        boxes, codes = clean_boxes(
             np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), width, height
         )
-        stats["dropped_boxes"] += int((~keep).sum())
-        stats["clipped_boxes"] += n_clipped
-        kept = [int(i) for i in np.flatnonzero(keep)]
+        log.boxes(
+            codes,
+            lambda i: (
+                f"annotation {annotations[i].get('id')} (bbox {annotations[i]['bbox']}, "
+                f"image {file_name!r} of {width}x{height})"
+            ),
+        )
+        kept = [int(i) for i in np.flatnonzero(codes <= 1)]
         segmentations = None
         if with_masks:
             cleaned = {
-                i: self._clean_segmentation(annotations[i], file_name, height, width, stats)
+                i: self._clean_segmentation(annotations[i], file_name, height, width, log)
                 for i in kept
             }
+            without = [i for i in kept if not cleaned[i]]
+            if without:
+                log.drop(
+                    "objects_without_mask",
+                    len(without),
+                    f"annotation {annotations[without[0]].get('id')} has no usable segmentation",
+                )
             kept = [i for i in kept if cleaned[i]]
-            stats["objects_without_mask"] += len(cleaned) - len(kept)
             segmentations = tuple(cleaned[i] for i in kept)
         labels = [self.category_id_to_label[annotations[i]["category_id"]] for i in kept]
         return ImageRecord(
@@ -180,7 +236,7 @@ class CocoDetection(DetectionDataset):
         )
 
     def _clean_segmentation(
-        self, ann: dict[str, Any], file_name: str, height: int, width: int, stats: dict[str, int]
+        self, ann: dict[str, Any], file_name: str, height: int, width: int, log: AnnotationLog
     ) -> Segmentation:
         """The usable part of ``ann``'s segmentation; empty when nothing usable is left."""
         segmentation = ann.get("segmentation") or []
@@ -200,7 +256,12 @@ class CocoDetection(DetectionDataset):
             )
         polygons = [p for p in segmentation if _is_valid_polygon(p)]
         if len(polygons) < len(segmentation):
-            stats["dropped_polygons"] += len(segmentation) - len(polygons)
+            log.drop(
+                "dropped_polygons",
+                len(segmentation) - len(polygons),
+                f"annotation {ann.get('id')} has a malformed polygon (fewer than 3 points, odd "
+                "length or NaN)",
+            )
             self._malformed_polygon_ids.append(ann.get("id"))
         return polygons
 
@@ -220,10 +281,11 @@ def build_coco(
     max_size: int = 1333,
     with_masks: bool = False,
     keep_empty: bool = True,
+    strict: bool = False,
 ) -> CocoDetection:
     """COCO 2017 ``split`` from the official layout under ``root`` (see the module docstring).
 
-    Logs the annotation cleaning statistics once. Arguments as for `CocoDetection`.
+    Arguments as for `CocoDetection`.
     """
     if split not in ("train", "val"):
         raise ValueError(f"COCO split must be 'train' or 'val', got {split!r}")
@@ -236,9 +298,9 @@ def build_coco(
         max_size=max_size,
         with_masks=with_masks,
         keep_empty=keep_empty,
+        strict=strict,
     )
     _check_first_image(dataset, f"expected the layout {COCO_LAYOUT}")
-    log_stats(f"coco {split}2017", dataset)
     return dataset
 
 
@@ -250,12 +312,13 @@ def build_coco_format(
     max_size: int = 1333,
     with_masks: bool = False,
     keep_empty: bool = True,
+    strict: bool = False,
 ) -> CocoDetection:
     """Any COCO-format set: ``spec`` is ``coco-format:PATH`` (or just PATH) of an instances JSON.
 
     Convention: every image's ``file_name`` is relative to the folder that holds the JSON (so
-    ``file_name: "images/0001.jpg"`` for images in an ``images/`` folder next to it). Logs the
-    annotation cleaning statistics once. Other arguments as for `CocoDetection`.
+    ``file_name: "images/0001.jpg"`` for images in an ``images/`` folder next to it). Other
+    arguments as for `CocoDetection`.
     """
     path = Path(str(spec).removeprefix(COCO_FORMAT_PREFIX))
     dataset = CocoDetection(
@@ -266,11 +329,11 @@ def build_coco_format(
         max_size=max_size,
         with_masks=with_masks,
         keep_empty=keep_empty,
+        strict=strict,
     )
     _check_first_image(
         dataset,
         f"in {COCO_FORMAT_PREFIX}{path} image file_name entries are relative to the JSON's "
         f"folder {path.parent}",
     )
-    log_stats(f"{COCO_FORMAT_PREFIX}{path}", dataset)
     return dataset

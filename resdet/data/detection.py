@@ -2,7 +2,8 @@
 
 Every detection data set (COCO, VOC, the generated shapes) parses its annotations once, at
 construction, into `ImageRecord`s: boxes already in xyxy absolute pixels of the file on disk,
-clipped to the image, with zero-size boxes dropped and counted in ``dataset.stats``. Images and
+clipped to the image, with empty, non-finite and outside boxes dropped; `AnnotationLog` counts
+every change in ``dataset.stats`` (or, with ``strict``, makes the first one an error). Images and
 masks are decoded per sample; the albumentations pipeline resizes (shorter side to ``min_size``,
 longer side capped at ``max_size``) and, in training, flips horizontally with p=0.5. Samples follow
 docs/contracts.md: ``dataset[i]`` or ``dataset[(i, seed)]`` -> ``(image, target)``.
@@ -10,38 +11,90 @@ docs/contracts.md: ``dataset[i]`` or ``dataset[(i, seed)]`` -> ``(image, target)
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import albumentations as A  # resdet/__init__.py has switched off its PyPI version check
-import cv2
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
+from resdet.data.images import SkipCounter, decode_rgb, unreadable_error
 from resdet.data.samplers import split_key
 
-logger = logging.getLogger(__name__)
-
-# Keys of ``dataset.stats``: what annotation cleaning changed, counted once at construction.
+# Keys of ``dataset.stats``: what the set holds and what annotation cleaning changed, counted
+# once at construction.
 STAT_KEYS = (
-    "dropped_boxes",  # zero or negative width/height after clipping (NaN included)
+    "images",  # images in the data set (after dropping those without objects, if asked)
+    "boxes",  # object boxes in those images
+    "dropped_zero_size",  # boxes of zero or negative width or height as annotated
+    "dropped_not_finite",  # boxes with a NaN or infinite coordinate
+    "dropped_outside",  # boxes with nothing left inside the image
     "clipped_boxes",  # kept boxes that reached outside the image
     "dropped_polygons",  # malformed polygons (< 3 points, odd length, NaN/inf) removed from masks
     "objects_without_mask",  # objects dropped because no usable segmentation was left
-    "images_without_objects",  # images with no object left (kept as negatives if keep_empty)
+    "images_without_objects",  # images with no object left
+    "dropped_empty_images",  # of those, the ones left out (keep_empty=False)
 )
+# Box problems in the order `clean_boxes` codes them (code = position + 1; 0 is a box kept as is).
+BOX_PROBLEMS = ("clipped_boxes", "dropped_zero_size", "dropped_not_finite", "dropped_outside")
+_BOX_PROBLEM_TEXT = {
+    "clipped_boxes": "reaches outside the image",
+    "dropped_zero_size": "has zero or negative width or height",
+    "dropped_not_finite": "has a NaN or infinite coordinate",
+    "dropped_outside": "lies wholly outside the image",
+}
 
 Segmentation = list[list[float]] | dict[str, Any]
 
 
 def new_stats() -> dict[str, int]:
-    """A zeroed cleaning-statistics dict with every key of `STAT_KEYS`."""
+    """A zeroed statistics dict with every key of `STAT_KEYS`."""
     return dict.fromkeys(STAT_KEYS, 0)
+
+
+class AnnotationLog:
+    """Counts what annotation cleaning changed in one file; with ``strict`` the first change is
+    an error naming the file, the object and the fix.
+
+    ``stats`` is a `new_stats` dict that the data set keeps.
+    """
+
+    def __init__(self, source: Path, *, strict: bool) -> None:
+        self.source = source
+        self.strict = strict
+        self.stats = new_stats()
+
+    def boxes(self, codes: np.ndarray, describe: Callable[[int], str]) -> None:
+        """Count the problems of one image's boxes (``codes`` from `clean_boxes`);
+        ``describe(i)`` names box ``i`` for the strict error, e.g. "annotation 17"."""
+        found = np.flatnonzero(codes)
+        if not len(found):
+            return
+        if self.strict:
+            first = int(found[0])
+            problem = BOX_PROBLEMS[codes[first] - 1]
+            raise ValueError(
+                f"{self.source}: {describe(first)} {_BOX_PROBLEM_TEXT[problem]}; fix the "
+                "annotation, or drop --strict (data.strict) to let resdet clip or drop such boxes "
+                "and count them"
+            )
+        for code, key in enumerate(BOX_PROBLEMS, 1):
+            self.stats[key] += int((codes == code).sum())
+
+    def drop(self, key: str, count: int, what: str) -> None:
+        """Count ``count`` drops of kind ``key``; ``what`` describes them for the strict error."""
+        if not count:
+            return
+        if self.strict:
+            raise ValueError(
+                f"{self.source}: {what}; fix the annotation, or drop --strict (data.strict) to "
+                "let resdet drop it and count it"
+            )
+        self.stats[key] += count
 
 
 @dataclass(frozen=True)
@@ -63,24 +116,28 @@ class ImageRecord:
     segmentations: tuple[Segmentation, ...] | None = None
 
 
-def clip_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """Clip xyxy boxes to the image and find the ones left with positive size.
+def clean_boxes(boxes: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """Clip xyxy boxes to the image and say what was wrong with each.
 
     Args:
-        boxes: float [N, 4] xyxy absolute pixels (may be NaN, negative or beyond the image).
+        boxes: float [N, 4] xyxy absolute pixels (may be NaN, empty or beyond the image).
         width, height: image size in pixels.
 
     Returns:
-        ``(clipped float32 [N, 4], keep bool [N], number of kept boxes that clipping changed)``.
+        ``(clipped float32 [N, 4], codes uint8 [N])``: code 0 is a box kept as it was, otherwise
+        1 + the index of its problem in `BOX_PROBLEMS` (1: kept but clipped; 2, 3, 4: dropped
+        for zero size, a non-finite coordinate, or lying outside the image).
     """
     boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     clipped = boxes.copy()
     clipped[:, 0::2] = clipped[:, 0::2].clip(0, width)
     clipped[:, 1::2] = clipped[:, 1::2].clip(0, height)
-    # NaN fails both comparisons, so boxes with NaN coordinates are dropped too.
-    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
-    changed = (clipped != boxes).any(axis=1)
-    return clipped, keep, int((changed & keep).sum())
+    codes = np.zeros(len(boxes), np.uint8)
+    codes[(clipped != boxes).any(axis=1)] = 1
+    codes[(clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])] = 4
+    codes[(boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])] = 2
+    codes[~np.isfinite(boxes).all(axis=1)] = 3
+    return clipped, codes
 
 
 def decode_segmentation(segmentation: Segmentation, height: int, width: int) -> np.ndarray:
@@ -104,22 +161,25 @@ def decode_segmentation(segmentation: Segmentation, height: int, width: int) -> 
 
 
 def read_image(path: Path, height: int | None = None, width: int | None = None) -> np.ndarray:
-    """Decode an image file with OpenCV as uint8 [H, W, 3] RGB.
+    """Decode an image file as uint8 [H, W, 3] RGB (`resdet.data.images.decode_rgb`).
 
-    EXIF orientation is ignored, as PIL (and so torchvision and the COCO/VOC annotations) does.
-    If ``height``/``width`` are given, a file of another size is an error: its boxes would be wrong.
+    A missing, truncated or undecodable file is an error naming it. If ``height``/``width`` are
+    given, a file of another size is an error too: its boxes would be wrong.
     """
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    image = decode_rgb(path)
     if image is None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"image file {path} does not exist; check the data set root")
-        raise ValueError(f"cannot decode image file {path}; it is truncated or not an image")
+        raise unreadable_error(path, "it cannot be skipped here")
+    check_image_size(path, image, height, width)
+    return image
+
+
+def check_image_size(path: Path, image: np.ndarray, height: int | None, width: int | None) -> None:
+    """A decoded image must have the size its annotation gives, or its boxes would be wrong."""
     if height is not None and image.shape[:2] != (height, width):
         raise ValueError(
             f"image file {path} is {image.shape[0]}x{image.shape[1]} (HxW) but its annotation "
             f"says {height}x{width}; fix the annotation or replace the file"
         )
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
 class ResizeShortestEdge(A.SmallestMaxSize):
@@ -244,6 +304,11 @@ class DetectionDataset(Dataset):
     ``labels`` int64 [N] in 1..K, ``image_id`` int, ``size`` int64 [2] (H, W), ``orig_size``
     int64 [2] (H0, W0) of the file, ``masks`` uint8 [N, H, W] with masks, ``difficult`` bool [N]
     where the records have it.
+
+    A training image that cannot be decoded is skipped with a warning naming it, counted in
+    ``skipped`` and replaced by the next one that decodes (with its own targets and the same
+    seed); with ``strict``, and always at evaluation (a missing image would make the scores
+    silently wrong), it is an error.
     """
 
     def __init__(
@@ -258,27 +323,56 @@ class DetectionDataset(Dataset):
         max_size: int,
         with_masks: bool,
         keep_empty: bool,
+        strict: bool = False,
     ) -> None:
-        stats["images_without_objects"] = sum(len(r.boxes) == 0 for r in records)
+        empty = sum(len(r.boxes) == 0 for r in records)
         self.records = records if keep_empty else [r for r in records if len(r.boxes)]
+        stats["images_without_objects"] = empty
+        stats["dropped_empty_images"] = 0 if keep_empty else empty
+        stats["images"] = len(self.records)
+        stats["boxes"] = sum(len(r.boxes) for r in self.records)
         self.class_names = class_names
         self.label_to_category_id = label_to_category_id
         self.stats = stats
         self.train = train
+        self.strict = strict
         self.with_masks = with_masks
         self.transform = DetectionTransform(train=train, min_size=min_size, max_size=max_size)
+        self._skips = SkipCounter()
 
     def __len__(self) -> int:
         return len(self.records)
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable training images replaced so far, by every process loading from this set."""
+        return self._skips.total
 
     def aspect_ratios(self) -> list[float]:
         """Width / height of every image, in dataset order, from the annotations (no decoding)."""
         return [r.width / r.height for r in self.records]
 
+    def _decode(self, record: ImageRecord) -> np.ndarray | None:
+        """The record's image, or None once a skippable unreadable one is warned and counted."""
+        image = decode_rgb(record.path)
+        if image is None:
+            if self.strict or not self.train:
+                why = "data.strict is set" if self.strict else "evaluation needs every image"
+                raise unreadable_error(record.path, why)
+            self._skips.skip(record.path, "training on the next image instead")
+            return None
+        check_image_size(record.path, image, record.height, record.width)
+        return image
+
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
         index, seed = split_key(key, len(self))
-        record = self.records[index]
-        image = read_image(record.path, record.height, record.width)
+        for step in range(len(self)):
+            record = self.records[(index + step) % len(self)]
+            image = self._decode(record)
+            if image is not None:
+                break
+        else:
+            raise RuntimeError(f"no image of this data set could be decoded ({record.path}, ...)")
         masks = None
         if self.with_masks:
             segmentations = record.segmentations or ()
@@ -310,15 +404,3 @@ def collate(
     Returns ``(images: list of float32 [3, H_i, W_i], targets: list of dicts)``.
     """
     return [image for image, _ in batch], [target for _, target in batch]
-
-
-def log_stats(name: str, dataset: Any) -> None:
-    """Log, once, what annotation cleaning changed in ``dataset`` (its ``stats`` dict)."""
-    changes = ", ".join(f"{key}={value}" for key, value in dataset.stats.items() if value)
-    logger.info(
-        "%s: %d images, %d classes%s",
-        name,
-        len(dataset),
-        len(dataset.class_names),
-        f"; annotation cleaning: {changes}" if changes else "",
-    )

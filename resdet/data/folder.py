@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
     center_crop,
@@ -25,11 +23,11 @@ from resdet.data.cls_transforms import (
     to_chw_tensor,
     to_unit_float,
 )
+from resdet.data.images import SkipCounter, decode_rgb, unreadable_error
 
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 IMAGENET_CLASSES = 1000
-_SKIP_SLOTS = 257  # the main process and up to 256 DataLoader workers
 IMAGENET_LAYOUT = (
     "ImageNet is expected as ROOT/train/<wnid>/*.JPEG and ROOT/val/<wnid>/*.JPEG (1000 class "
     "folders each; the 50,000 val images re-arranged into class folders, e.g. with the standard "
@@ -93,12 +91,13 @@ class ImageFolderDataset(Dataset):
     rather than the paper's per-pixel mean image: under scale augmentation a pixel position has no
     fixed meaning, and torchvision's weights expect this normalisation.
 
-    Images are decoded with OpenCV (``cv2.imdecode``). A file that cannot be read or decoded
-    (missing, unreadable, truncated, not an image) is reported with a warning naming it, counted
-    in ``skipped`` and replaced by the next index that decodes (with that image's own label and
-    the same seed), so one bad file never stops a long run. ``skipped`` counts across all the
-    processes that load from this object (the main one and its DataLoader workers), and
-    training logs it to metrics.jsonl as ``skipped_images``.
+    Images are decoded with OpenCV (``resdet.data.images.decode_rgb``). A file that cannot be
+    read or decoded (missing, unreadable, truncated, not an image) is reported with a warning
+    naming it, counted in ``skipped`` and replaced by the next index that decodes (with that
+    image's own label and the same seed), so one bad file never stops a long run; with
+    ``strict`` it is an error instead. ``skipped`` counts across all the processes that load from
+    this object (the main one and its DataLoader workers), and training logs it to
+    metrics.jsonl as ``skipped_images``.
     """
 
     def __init__(
@@ -112,6 +111,7 @@ class ImageFolderDataset(Dataset):
         test_size: int = 256,
         lighting_std: float = 0.1,
         test_scales: tuple[int, ...] = (),
+        strict: bool = False,
     ) -> None:
         if train and (ten_crop or test_scales):
             raise ValueError(
@@ -139,11 +139,8 @@ class ImageFolderDataset(Dataset):
         self.test_size = test_size
         self.lighting_std = lighting_std
         self.test_scales = tuple(test_scales)
-        # One counter per loading process (slot 0: this one, 1 + k: DataLoader worker k) in
-        # shared memory, so that skips in workers reach the training process. No two processes
-        # write the same slot, so no lock is needed (a lock would tie the dataset to one
-        # multiprocessing start method).
-        self._skipped = multiprocessing.RawArray("q", _SKIP_SLOTS)
+        self.strict = strict
+        self._skips = SkipCounter()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -151,7 +148,7 @@ class ImageFolderDataset(Dataset):
     @property
     def skipped(self) -> int:
         """Unreadable images replaced so far, by every process loading from this dataset."""
-        return sum(self._skipped)
+        return self._skips.total
 
     def path(self, index: int) -> Path:
         """The file of sample ``index``."""
@@ -160,22 +157,12 @@ class ImageFolderDataset(Dataset):
     def read_rgb(self, index: int) -> np.ndarray | None:
         """Sample ``index`` decoded to uint8 RGB ``[H, W, 3]``; None (and a warning) if it fails."""
         path = self.path(index)
-        try:
-            # imdecode of the bytes, not imread: measured with OpenCV 5.0, imread fills the missing
-            # part of a truncated JPEG with grey and returns it, imdecode rejects it.
-            bgr = cv2.imdecode(np.fromfile(path, dtype=np.uint8), cv2.IMREAD_COLOR)
-        except OSError:
-            bgr = None
-        if bgr is None:
-            worker = get_worker_info()
-            self._skipped[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
-            warnings.warn(
-                f"skipping unreadable or truncated image {path}; using the next image instead "
-                "(replace or delete the file)",
-                stacklevel=2,
-            )
-            return None
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        image = decode_rgb(path)
+        if image is None:
+            if self.strict:
+                raise unreadable_error(path, "data.strict is set")
+            self._skips.skip(path, "using the next image instead")
+        return image
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``key`` is an index or ``(index, seed)``.
@@ -239,6 +226,7 @@ def build_imagenet(
     test_size: int = 256,
     lighting_std: float = 0.1,
     test_scales: tuple[int, ...] = (),
+    strict: bool = False,
 ) -> ImageFolderDataset:
     """The ImageNet ``split`` ("train" or "val") of ``root`` as an ``ImageFolderDataset``.
 
@@ -258,6 +246,7 @@ def build_imagenet(
         test_size=test_size,
         lighting_std=lighting_std,
         test_scales=test_scales,
+        strict=strict,
     )
     if dataset.num_classes != IMAGENET_CLASSES:
         warnings.warn(
@@ -279,6 +268,7 @@ def build_image_folder(
     test_size: int = 256,
     lighting_std: float = 0.1,
     test_scales: tuple[int, ...] = (),
+    strict: bool = False,
 ) -> ImageFolderDataset:
     """The ``split`` subfolder of a user's ``path/<split>/<class>/<image>`` tree, with
     ImageNet's recipe (arguments as for ``ImageFolderDataset``)."""
@@ -293,4 +283,5 @@ def build_image_folder(
         test_size=test_size,
         lighting_std=lighting_std,
         test_scales=test_scales,
+        strict=strict,
     )

@@ -3,7 +3,7 @@
 For tests and end-to-end smoke runs that must not download anything: `write_tiny_coco` writes
 ``ROOT/annotations/instances_{train,val}2017.json`` + ``ROOT/{train,val}2017/*.jpg`` (read with
 `resdet.data.coco.build_coco`), `write_tiny_voc` writes a ``VOCdevkit`` with VOC2007 and VOC2012
-(read with `resdet.data.voc.VocDetection` / `build_voc0712`). Output is deterministic in ``seed``.
+(read with `resdet.data.voc.VocDetection` / `VocConcat`). Output is deterministic in ``seed``.
 """
 
 from __future__ import annotations

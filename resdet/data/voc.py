@@ -25,11 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from resdet.data.detection import (
+    AnnotationLog,
     DetectionDataset,
     ImageRecord,
-    clip_boxes,
-    log_stats,
-    new_stats,
+    clean_boxes,
 )
 from resdet.data.samplers import split_key
 
@@ -87,7 +86,10 @@ def parse_voc_xml(path: Path) -> tuple[int, int, list[VocObject]]:
     try:
         root = ET.parse(path).getroot()
     except FileNotFoundError:
-        raise FileNotFoundError(f"VOC annotation {path} not found; expected {VOC_LAYOUT}") from None
+        raise FileNotFoundError(
+            f"VOC annotation {path} not found, but its id {path.stem!r} is listed in the split "
+            f"file: restore the file or remove the id from ImageSets/Main; expected {VOC_LAYOUT}"
+        ) from None
     except ET.ParseError as error:
         raise ValueError(f"VOC annotation {path} is not valid XML: {error}") from None
     size = root.find("size")
@@ -99,7 +101,8 @@ def parse_voc_xml(path: Path) -> tuple[int, int, list[VocObject]]:
         name = _field(obj, "name", path)
         if name not in VOC_CLASSES:
             raise ValueError(
-                f"VOC annotation {path}: unknown class {name!r}; VOC has {VOC_CLASSES}"
+                f"VOC annotation {path}: unknown class {name!r}; VOC's 20 classes are "
+                f"{', '.join(VOC_CLASSES)}"
             )
         bndbox = obj.find("bndbox")
         if bndbox is None:
@@ -107,6 +110,12 @@ def parse_voc_xml(path: Path) -> tuple[int, int, list[VocObject]]:
         xmin, ymin, xmax, ymax = (
             _number(bndbox, t, path) for t in ("xmin", "ymin", "xmax", "ymax")
         )
+        if xmin > xmax or ymin > ymax:
+            raise ValueError(
+                f"VOC annotation {path}: object {name!r} has xmin {xmin:g} > xmax {xmax:g} or "
+                f"ymin {ymin:g} > ymax {ymax:g}; swap the corners (VOC boxes are 1-based "
+                "inclusive xmin ymin xmax ymax)"
+            )
         # Some VOC2012 objects have no (or an empty) <difficult> tag; the devkit reads it as 0.
         difficult = bool((obj.findtext("difficult") or "").strip()) and (
             _number(obj, "difficult", path) == 1
@@ -129,6 +138,7 @@ class VocDetection(DetectionDataset):
         max_size: cap on the longer side in pixels.
         keep_difficult: keep difficult objects in the targets; default: only when not training.
         keep_empty: keep images without objects as negatives.
+        strict: every dropped or clipped box is an error (`AnnotationLog`).
     """
 
     def __init__(
@@ -142,6 +152,7 @@ class VocDetection(DetectionDataset):
         max_size: int = 1000,
         keep_difficult: bool | None = None,
         keep_empty: bool = True,
+        strict: bool = False,
     ) -> None:
         self.root = Path(devkit_root) / f"VOC{year}"
         self.year, self.split = year, split
@@ -156,18 +167,22 @@ class VocDetection(DetectionDataset):
         ]
         self.objects: list[list[VocObject]] = []
         keep_difficult = not train if keep_difficult is None else keep_difficult
-        stats = new_stats()
+        log = AnnotationLog(self.root / "Annotations", strict=strict)
         records = []
         for image_id, name in enumerate(self.image_names):
-            width, height, objects = parse_voc_xml(self.root / "Annotations" / f"{name}.xml")
+            xml = self.root / "Annotations" / f"{name}.xml"
+            width, height, objects = parse_voc_xml(xml)
             self.objects.append(objects)
             used = [o for o in objects if keep_difficult or not o.difficult]
             raw = np.array([o.box for o in used], dtype=np.float32).reshape(-1, 4)
-            boxes, keep, n_clipped = clip_boxes(
-                raw - np.array([1, 1, 0, 0], np.float32), width, height
+            boxes, codes = clean_boxes(raw - np.array([1, 1, 0, 0], np.float32), width, height)
+            log.boxes(
+                codes,
+                lambda i, xml=xml, used=used: (
+                    f"{xml.name} object {i} ({used[i].name} {used[i].box})"
+                ),
             )
-            stats["dropped_boxes"] += int((~keep).sum())
-            stats["clipped_boxes"] += n_clipped
+            keep = codes <= 1
             records.append(
                 ImageRecord(
                     path=self.root / "JPEGImages" / f"{name}.jpg",
@@ -183,12 +198,13 @@ class VocDetection(DetectionDataset):
             records,
             class_names=list(VOC_CLASSES),
             label_to_category_id={i + 1: i + 1 for i in range(len(VOC_CLASSES))},
-            stats=stats,
+            stats=log.stats,
             train=train,
             min_size=min_size,
             max_size=max_size,
             with_masks=False,
             keep_empty=keep_empty,
+            strict=strict,
         )
 
 
@@ -209,6 +225,11 @@ class VocConcat(Dataset):
         self.id_offsets = list(np.cumsum([0] + [len(p.image_names) for p in self.parts[:-1]]))
         self.ends = list(np.cumsum([len(p) for p in self.parts]))
         self.stats = {key: sum(p.stats[key] for p in self.parts) for key in self.parts[0].stats}
+
+    @property
+    def skipped(self) -> int:
+        """Unreadable training images replaced so far, all parts together."""
+        return sum(part.skipped for part in self.parts)
 
     def __len__(self) -> int:
         return int(self.ends[-1])
@@ -269,8 +290,9 @@ def build_voc(
     max_size: int = 1000,
     keep_difficult: bool | None = None,
     keep_empty: bool = True,
+    strict: bool = False,
 ) -> VocDetection:
-    """`VocDetection` that logs its annotation cleaning statistics once."""
+    """`VocDetection` whose first image is checked to exist, so that a wrong root fails now."""
     dataset = VocDetection(
         devkit_root,
         year,
@@ -280,35 +302,11 @@ def build_voc(
         max_size=max_size,
         keep_difficult=keep_difficult,
         keep_empty=keep_empty,
+        strict=strict,
     )
-    log_stats(f"voc{year} {split}", dataset)
-    return dataset
-
-
-def build_voc0712(
-    devkit_root: str | Path,
-    *,
-    train: bool,
-    min_size: int | Sequence[int] = 600,
-    max_size: int = 1000,
-    keep_difficult: bool | None = None,
-    keep_empty: bool = True,
-) -> VocConcat:
-    """VOC2007 trainval + VOC2012 trainval (the paper's "07+12" training set), logged once."""
-    dataset = VocConcat(
-        [
-            VocDetection(
-                devkit_root,
-                year,
-                "trainval",
-                train=train,
-                min_size=min_size,
-                max_size=max_size,
-                keep_difficult=keep_difficult,
-                keep_empty=keep_empty,
-            )
-            for year in ("2007", "2012")
-        ]
-    )
-    log_stats("voc0712 trainval", dataset)
+    if dataset.records and not dataset.records[0].path.is_file():
+        raise FileNotFoundError(
+            f"VOC image {dataset.records[0].path} not found; expected {VOC_LAYOUT} under "
+            f"{devkit_root}"
+        )
     return dataset

@@ -14,6 +14,7 @@ import contextlib
 import gc
 import json
 import math
+import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -356,6 +357,27 @@ def _check_results(
                 f"{source}: results entry {index} lacks 'score' or '{geometry}' "
                 f"(keys {sorted(entry)})"
             )
+        if not _finite_numbers([entry["score"]]):
+            raise ValueError(
+                f"{source}: results entry {index} has score {entry['score']!r}; scores must be "
+                "finite numbers"
+            )
+        if geometry == "bbox" and not (
+            isinstance(entry["bbox"], list | tuple)
+            and len(entry["bbox"]) == 4
+            and _finite_numbers(entry["bbox"])
+        ):
+            raise ValueError(
+                f"{source}: results entry {index} has bbox {entry['bbox']!r:.80}; a box is four "
+                "finite numbers [x, y, width, height]"
+            )
+
+
+def _finite_numbers(values: Any) -> bool:
+    # numbers.Real admits numpy scalars too; bool is a Real but never a coordinate or score.
+    return all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values
+    )
 
 
 def _is_key(value: Any, keys: Any) -> bool:

@@ -20,17 +20,18 @@ from resdet.evaluation.classification import (
     TenCrop,
 )
 from resdet.experiments.common import (
+    announce_data,
     build_trainer,
     check_same_classes,
     checkpoint_meta,
     config_from_checkpoint,
     per_rank_batch,
-    prepare_run_dir,
     resolve_amp,
     seed_everything,
     write_json,
 )
 from resdet.experiments.configs import ClsDataConfig, ClsExperiment
+from resdet.experiments.run_dir import prepare_run_dir
 from resdet.models.api import create_model, get_spec, resolve_variant
 from resdet.models.classifier import Classifier
 
@@ -67,6 +68,7 @@ def build_dataset(
         test_size=data.test_size,
         lighting_std=data.lighting,
         download=data.download and train,
+        strict=data.strict,
     )
 
 
@@ -102,7 +104,7 @@ class ClsRunResult:
 
 
 def train_classifier(
-    cfg: ClsExperiment, out_dir: Path, *, resume: Path | None = None
+    cfg: ClsExperiment, out_dir: Path, *, resume: Path | None = None, overwrite: bool = False
 ) -> ClsRunResult:
     """Train ``cfg`` into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, eval.json).
 
@@ -111,10 +113,13 @@ def train_classifier(
     """
     device = distributed.init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
-    prepare_run_dir(out_dir, cfg, resume)
+    prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
     train_set = build_dataset(cfg.data, "train", train=True)
     test_set = build_dataset(cfg.data, test_split(cfg.data), train=False)
     check_same_classes(cfg.data.dataset, train_set, test_set)
+    data_counts = announce_data(
+        cfg.data.dataset, {"train": train_set, test_split(cfg.data): test_set}
+    )
     model = build_classifier(cfg, train_set.num_classes)
     pin = device.type == "cuda"
     loader = TrainLoader(
@@ -153,8 +158,12 @@ def train_classifier(
     )
     if resume is not None:
         trainer.resume(resume)
+    else:
+        trainer.metrics_log.write({"type": "data", "iter": 0, "splits": data_counts})
     metrics = trainer.fit()
-    write_json(out_dir / "eval.json", {"split": test_split(cfg.data), **metrics})
+    write_json(
+        out_dir / "eval.json", {"split": test_split(cfg.data), **metrics, "data": data_counts}
+    )
     tag = None
     if (cfg.register or cfg.data.dataset == "imagenet") and distributed.is_main():
         tag = register_weights(cfg, model, metrics, out_dir)
@@ -209,6 +218,7 @@ def evaluate_checkpoint(
     views: list[tuple[str, Dataset, type[nn.Module] | None, int]] = [
         ("", build_dataset(data, split, train=False), None, data.batch_size)
     ]
+    announce_data(data.dataset, {split: views[0][1]})
     if ten_crop:
         crops = build_dataset(data, split, train=False, ten_crop=True)
         views.append(("_10crop", crops, TenCrop, max(1, data.batch_size // 10)))

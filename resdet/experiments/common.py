@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 import warnings
 from collections.abc import Callable, Mapping
@@ -13,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from resdet.config import from_dict, save_config, to_dict
+from resdet.config import from_dict, to_dict
 from resdet.data.loader import TrainLoader
+from resdet.data.summary import data_summary, summary_line
 from resdet.engine import distributed
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import AmpMode
@@ -30,6 +32,8 @@ from resdet.engine.trainer import Trainer
 from resdet.experiments.configs import OptimConfig, TrainConfig
 
 C = TypeVar("C")
+# Messages for the person running resdet; the CLI shows this logger's INFO records.
+logger = logging.getLogger("resdet")
 
 
 def resolve_amp(amp: str, device: torch.device) -> AmpMode:
@@ -134,19 +138,14 @@ def build_trainer(
     )
 
 
-def prepare_run_dir(out_dir: Path, config: Any, resume: Path | None) -> None:
-    """Create the run folder and write ``config.yaml`` (rank 0); a fresh run refuses a used one.
-
-    Every rank checks, so that all of them stop rather than wait for rank 0 in a collective.
-    """
-    if resume is None and (out_dir / "last.pt").exists():
-        raise FileExistsError(
-            f"{out_dir} already holds a run (last.pt): continue it with "
-            f"--resume {out_dir / 'last.pt'}, or choose another --out"
-        )
+def announce_data(name: str, splits: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Log one summary line per split of data set ``name`` (rank 0) and return the counts,
+    ``{split: data_summary(dataset)}``, for metrics.jsonl and eval.json."""
+    counts = {split: data_summary(dataset) for split, dataset in splits.items()}
     if distributed.is_main():
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, out_dir / "config.yaml")
+        for split, split_counts in counts.items():
+            logger.info(summary_line(f"{name} {split}", split_counts))
+    return counts
 
 
 def write_json(path: Path, data: Mapping[str, Any]) -> None:

@@ -75,6 +75,7 @@ class ClsDataConfig:
     crop_size: int = 224
     test_size: int = 256  # ImageNet: shorter side before the centre or ten crops
     lighting: float = 0.1  # AlexNet PCA lighting alpha std; 0 disables
+    strict: bool = False  # an unreadable image is an error instead of a counted skip
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,11 @@ class DetModelConfig:
     backbone: str = "resnet50"
     head: Literal["c4", "fpn"] = "fpn"
     masks: bool = False  # Mask R-CNN (instance segmentation)
-    backbone_weights: str | None = "auto"  # "auto": newest ImageNet weights in the store
+    # "auto": the store's default for the arch (`resdet weights default`), else the ImageNet
+    # entry with the best recorded top-1 error, else the newest; a tag; a .safetensors path;
+    # null: random initialisation. A run records the entry it took here and its sha256 below.
+    backbone_weights: str | None = "auto"
+    backbone_sha256: str | None = None  # when set, the weights must still have this digest
     init: str | None = None  # a detection checkpoint to start from (predictor re-initialised
     # when its number of classes differs)
     trainable_stages: int = 3  # 3 freezes the stem and res2 (paper, detectron2)
@@ -134,6 +139,7 @@ class DetDataConfig:
     keep_empty: bool = True  # keep training images without objects as negatives
     aspect_grouping: bool = True  # batch portrait and landscape images separately
     voc_metric: Literal["voc07", "voc12"] | None = None  # None: voc07 for VOC2007 test
+    strict: bool = False  # any dropped or clipped box or unreadable image is an error
 
 
 @dataclass(frozen=True)

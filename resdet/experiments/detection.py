@@ -22,17 +22,19 @@ from resdet.engine.evaluate import inference
 from resdet.evaluation.coco import CocoEvaluator, CocoResult, save_results
 from resdet.evaluation.voc import VocEvaluator, VocResult, write_voc_results
 from resdet.experiments.common import (
+    announce_data,
     build_trainer,
     check_same_classes,
     checkpoint_meta,
     config_from_checkpoint,
+    logger,
     per_rank_batch,
-    prepare_run_dir,
     resolve_amp,
     seed_everything,
     write_json,
 )
 from resdet.experiments.configs import DetExperiment
+from resdet.experiments.run_dir import prepare_run_dir
 from resdet.models.detector import build_detector, load_detector_state
 
 
@@ -53,6 +55,7 @@ def build_dataset(cfg: DetExperiment, *, train: bool) -> Dataset:
         min_size=model.min_size if train else model.min_size[-1],
         max_size=model.max_size,
         val_annotations=cfg.data.val_annotations,
+        strict=cfg.data.strict,
     )
 
 
@@ -87,6 +90,33 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         box_detections_per_img=m.box_detections_per_img,
         roi_sampling_ratio=m.roi_sampling_ratio,
         train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
+    )
+
+
+def pin_backbone_weights(cfg: DetExperiment) -> DetExperiment:
+    """``cfg`` with the backbone weights it will start from written in: ``auto`` replaced by the
+    chosen entry's tag, and that entry's sha256 (checked against ``backbone_sha256`` when the
+    config already records one). Logs which entry and why (rank 0)."""
+    from resdet.models.detector import resolve_backbone_weights
+    from resdet.models.weights import find_weights
+
+    m = cfg.model
+    weights, message = resolve_backbone_weights(m.backbone, m.backbone_weights)
+    if weights is None:  # random initialisation; for auto with nothing stored the builder warns
+        if m.backbone_weights is None and distributed.is_main():
+            logger.info(message)
+        return cfg
+    entry = find_weights(m.backbone, weights)
+    if m.backbone_sha256 is not None and m.backbone_sha256 != entry.sha256:
+        raise ValueError(
+            f"the {m.backbone} weights {weights!r} ({entry.path}) have sha256 {entry.sha256}, but "
+            f"this configuration was recorded with {m.backbone_sha256}: the entry was replaced "
+            "since. Restore it, or set model.backbone_sha256=null to start from the new one"
+        )
+    if distributed.is_main():
+        logger.info(message)
+    return replace(
+        cfg, model=replace(m, backbone_weights=str(weights), backbone_sha256=entry.sha256)
     )
 
 
@@ -169,20 +199,23 @@ def save_detections(evaluator: CocoEvaluator | VocEvaluator, dataset: Dataset, p
 
 @dataclass
 class DetRunResult:
-    """A finished detection run: final report, run folder, where the backbone weights came from."""
+    """A finished detection run: final report and run folder."""
 
     report: DetReport
     out_dir: Path
-    backbone_init: str
 
 
 def train_detector(
-    cfg: DetExperiment, out_dir: Path, *, resume: Path | None = None
+    cfg: DetExperiment, out_dir: Path, *, resume: Path | None = None, overwrite: bool = False
 ) -> DetRunResult:
     """Train ``cfg`` into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, eval.json), evaluate."""
     device = distributed.init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
-    prepare_run_dir(out_dir, cfg, resume)
+    # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
+    from_store = resume is None and not cfg.model.init
+    if from_store:
+        cfg = pin_backbone_weights(cfg)
+    prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
     if cfg.data.dataset == "shapes":
         from resdet.data.shapes import ensure_shapes
 
@@ -192,8 +225,8 @@ def train_detector(
     train_set = build_dataset(cfg, train=True)
     test_set = build_dataset(cfg, train=False)
     check_same_classes(cfg.data.dataset, train_set, test_set)
-    # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
-    backbone_weights = None if (resume or cfg.model.init) else cfg.model.backbone_weights
+    data_counts = announce_data(cfg.data.dataset, {"train": train_set, "eval": test_set})
+    backbone_weights = cfg.model.backbone_weights if from_store else None
     model = build_model(cfg, len(train_set.class_names), backbone_weights=backbone_weights)
     if cfg.model.init and resume is None:
         for message in load_detector_state(model, load_checkpoint(cfg.model.init)["model"]):
@@ -239,10 +272,12 @@ def train_detector(
     )
     if resume is not None:
         trainer.resume(resume)
+    else:
+        trainer.metrics_log.write({"type": "data", "iter": 0, "splits": data_counts})
     trainer.fit()
     report = report_of(evaluator)
-    write_json(out_dir / "eval.json", report.as_json())
-    return DetRunResult(report, out_dir, model.backbone_init)
+    write_json(out_dir / "eval.json", {**report.as_json(), "data": data_counts})
+    return DetRunResult(report, out_dir)
 
 
 def evaluate_detector_checkpoint(
@@ -261,6 +296,7 @@ def evaluate_detector_checkpoint(
         cfg = replace(cfg, data=replace(cfg.data, voc_metric=voc_metric))
     target = distributed.resolve_device(device)
     test_set = build_dataset(cfg, train=False)
+    announce_data(cfg.data.dataset, {"eval": test_set})
     model = build_model(cfg, len(test_set.class_names), backbone_weights=None)
     model.load_state_dict(state["model"])
     model.to(target)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -94,8 +93,9 @@ def build_detector(
 
     ``backbone`` is an ImageNet-family name (resnet18..152, plain18..152); ``num_classes``
     counts object classes without background (labels run 1..num_classes).
-    ``backbone_weights``: ``"auto"`` takes the newest ImageNet weights of that arch in the
-    weight store and warns (``UserWarning``) when there are none; ``None`` starts from random
+    ``backbone_weights``: ``"auto"`` takes the ImageNet weights of that arch that
+    `resolve_backbone_weights` picks from the weight store and warns (``UserWarning``) when
+    there are none; ``None`` starts from random
     initialisation silently; any other value is a store tag or a ``.safetensors`` path.
     ``trainable_stages`` (0..5, torchvision's ``trainable_backbone_layers``) trains res5, res4,
     ... down to the stem; the default 3 freezes the stem and res2 as the paper and detectron2.
@@ -206,22 +206,28 @@ def _outputs_to_float32(module: nn.Module, inputs: object, outputs: object) -> o
 def resolve_backbone_weights(
     arch: str, backbone_weights: str | Path | None
 ) -> tuple[str | Path | None, str]:
-    """The weights to build ``arch`` with (tag, path or None) and a sentence saying so.
+    """The weights to build ``arch`` with (tag, path or None) and a sentence saying which and why.
 
-    ``"auto"`` picks the ImageNet entry of ``arch`` in the weight store with the latest date;
-    with none stored it returns None and a sentence saying how to get weights (the caller
-    warns).
+    ``"auto"`` takes `resdet.models.weights.choose_imagenet_weights` (the store's default, else
+    the best recorded top-1 error, else the newest ImageNet entry); with none stored it returns
+    None and a sentence saying how to get weights (the caller warns).
     """
-    from resdet.models.weights import list_weights, store_root
+    from resdet.models.weights import choose_imagenet_weights, find_weights, store_root
 
     if backbone_weights is None:
         return None, f"{arch} backbone starts from random initialisation (backbone_weights=None)"
     if backbone_weights != "auto":
-        return backbone_weights, f"{arch} backbone weights: {backbone_weights}"
-    entries = [entry for entry in list_weights(arch) if entry.dataset.lower() == "imagenet"]
-    if entries:
-        newest = max(entries, key=lambda entry: datetime.fromisoformat(entry.date))
-        return newest.tag, f"{arch} backbone weights: ImageNet {newest.tag!r} ({newest.path})"
+        entry = find_weights(arch, backbone_weights)
+        return backbone_weights, (
+            f"{arch} backbone weights: {entry.tag!r} (sha256 {entry.sha256[:12]}, {entry.path}), "
+            "as configured"
+        )
+    entry, why = choose_imagenet_weights(arch)
+    if entry is not None:
+        return entry.tag, (
+            f"{arch} backbone weights: ImageNet {entry.tag!r} (sha256 {entry.sha256[:12]}, "
+            f"{entry.path}), {why}"
+        )
     spec = get_spec(arch)
     how = f"train them with `resdet train-cls imagenet --depth {spec.depth}`"
     if spec.residual:

@@ -96,7 +96,7 @@ def test_a_registered_set_trains_by_name(tmp_path):
         DET_DATASETS.unregister("parts-test")
     assert isinstance(dataset, Parts)
     assert requests[0].path == "/data/parts" and requests[0].train
-    assert requests[0].sizes == {"min_size": 800, "max_size": 512}
+    assert requests[0].dataset_options == {"min_size": 800, "max_size": 512, "strict": False}
 
 
 def test_voc0712_trains_on_both_years(tmp_path):

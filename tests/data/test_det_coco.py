@@ -84,11 +84,16 @@ def test_categories_map_to_contiguous_labels(edge_case_coco) -> None:
 def test_cleaning_without_masks(edge_case_coco) -> None:
     ds = CocoDetection(*edge_case_coco, train=False, min_size=HEIGHT, max_size=1000)
     assert ds.stats == {
-        "dropped_boxes": 1,  # annotation 4
+        "images": 3,
+        "boxes": 4,  # annotations 1, 2, 5, 6
+        "dropped_zero_size": 1,  # annotation 4
+        "dropped_not_finite": 0,
+        "dropped_outside": 0,
         "clipped_boxes": 1,  # annotation 2
         "dropped_polygons": 0,  # polygons are not read without masks
         "objects_without_mask": 0,
         "images_without_objects": 2,  # image 9 (nothing) and 12 (crowd only)
+        "dropped_empty_images": 0,
     }
     assert len(ds) == 3  # empty images are kept as negatives by default
     image, target = ds[0]
@@ -229,7 +234,7 @@ def test_malformed_json_names_file_and_position(tmp_path) -> None:
     with pytest.raises(ValueError, match=r"bad\.json is not valid COCO JSON: .*line 1 column 13"):
         CocoDetection(tmp_path, bad, train=False)
     bad.write_text('{"annotations": []}')
-    with pytest.raises(ValueError, match="has no images or categories"):
+    with pytest.raises(ValueError, match="bad.json: the 'images' list is missing"):
         CocoDetection(tmp_path, bad, train=False)
 
 

@@ -9,7 +9,9 @@ import torch
 
 from resdet.data.detection import (
     DetectionTransform,
-    clip_boxes,
+    BOX_PROBLEMS,
+    AnnotationLog,
+    clean_boxes,
     collate,
     decode_segmentation,
     read_image,
@@ -21,7 +23,7 @@ def _noise_image(height: int, width: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
-def test_clip_boxes_clips_and_drops_degenerate() -> None:
+def test_clean_boxes_clips_and_names_each_problem() -> None:
     boxes = np.array(
         [
             [10, 10, 20, 20],  # inside: unchanged
@@ -30,14 +32,34 @@ def test_clip_boxes_clips_and_drops_degenerate() -> None:
             [60, 30, 50, 35],  # negative width: dropped
             [200, 10, 250, 20],  # entirely right of the image: zero width after clipping
             [np.nan, 0, 10, 10],  # NaN: dropped
+            [0, 0, np.inf, 10],  # infinite: dropped, not clipped into a full-width box
         ],
         dtype=np.float32,
     )
-    clipped, keep, n_clipped = clip_boxes(boxes, width=100, height=100)
-    assert keep.tolist() == [True, True, False, False, False, False]
-    assert n_clipped == 1
+    clipped, codes = clean_boxes(boxes, width=100, height=100)
+    problems = ["kept"] + list(BOX_PROBLEMS)
+    assert [problems[c] for c in codes] == [
+        "kept",
+        "clipped_boxes",
+        "dropped_zero_size",
+        "dropped_zero_size",
+        "dropped_outside",
+        "dropped_not_finite",
+        "dropped_not_finite",
+    ]
     np.testing.assert_array_equal(clipped[1], [0, 90, 30, 100])
     np.testing.assert_array_equal(clipped[0], boxes[0])
+
+
+def test_annotation_log_counts_or_refuses(tmp_path) -> None:
+    _, codes = clean_boxes(np.array([[0, 0, 5, 5], [-1, 0, 5, 5], [3, 3, 3, 9]]), 10, 10)
+    log = AnnotationLog(tmp_path / "a.json", strict=False)
+    log.boxes(codes, lambda i: f"box {i}")
+    assert log.stats["clipped_boxes"] == 1 and log.stats["dropped_zero_size"] == 1
+    strict = AnnotationLog(tmp_path / "a.json", strict=True)
+    with pytest.raises(ValueError, match=r"a\.json: box 1 reaches outside the image.*--strict"):
+        strict.boxes(codes, lambda i: f"box {i}")
+    strict.boxes(codes[:1], lambda i: f"box {i}")  # nothing wrong: no error
 
 
 def test_resize_follows_torchvision_scale_rule() -> None:

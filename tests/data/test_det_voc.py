@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from resdet.data.catalog import build_det_dataset
 from resdet.data.synthetic import TINY_HEIGHT, TINY_WIDTH, write_tiny_voc
 from resdet.data.voc import (
     VOC_CLASSES,
     VocDetection,
     build_voc,
-    build_voc0712,
     parse_voc_xml,
     voc_ground_truth,
     voc_image_names,
@@ -79,7 +79,7 @@ def test_difficult_objects_dropped_in_training_but_kept_in_ground_truth(devkit) 
 
 
 def test_voc0712_concatenates_with_unique_ids(devkit) -> None:
-    ds = build_voc0712(devkit, train=True, min_size=TINY_HEIGHT, max_size=1000)
+    ds = build_det_dataset("voc0712", devkit, train=True, min_size=TINY_HEIGHT, max_size=1000)
     assert len(ds) == 8 and ds.class_names == list(VOC_CLASSES)
     assert ds.label_to_category_id[20] == 20
     assert ds.aspect_ratios() == [TINY_WIDTH / TINY_HEIGHT] * 8
