@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from resdet.data.detection import (
-    DetectionTransform,
     BOX_PROBLEMS,
     AnnotationLog,
+    DetectionTransform,
     clean_boxes,
     collate,
     decode_segmentation,
