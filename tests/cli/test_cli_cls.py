@@ -17,6 +17,12 @@ from resdet.models.api import create_model
 FAST = ["--workers", "0", "--device", "cpu", "--no-amp"]
 
 
+def yaml_config(run):
+    import yaml
+
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
 def read_rows(run):
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -149,6 +155,21 @@ def test_bad_input_is_named(tmp_path):
         app, ["train-cls", "cifar10", "--data-dir", str(tmp_path / "nope"), *FAST]
     )
     assert result.exit_code == 2 and "nope" in result.output and "--download" in result.output
+    # --download fetches only what is missing: batches already there are read as they are.
+    data = write_tiny_cifar10(tmp_path / "present")
+    invoke(
+        "train-cls",
+        "cifar10",
+        "--download",
+        "--data-dir",
+        data,
+        "--iters",
+        1,
+        "--batch-size",
+        8,
+        *FAST,
+    )
+    assert yaml_config(tmp_path / "runs" / "cifar10-cifar_resnet20")["data"]["download"] is True
     result = runner.invoke(app, ["train-cls", "cifar10", "--set", "optim.lrr=1"])
     assert result.exit_code == 2 and "did you mean 'lr'" in result.output
     data = write_tiny_cifar10(tmp_path / "cifar")

@@ -3,52 +3,13 @@
 import json
 
 import pytest
+from cli_helpers import TINY_DET as TINY
 from cli_helpers import invoke, runner
 
 from resdet.cli import app
 from resdet.data.synthetic import write_tiny_coco, write_tiny_voc
 from resdet.evaluation.coco import STAT_NAMES
-
-# Small everything: 120x160 images at their own size, few proposals, a narrow box head.
-TINY = [
-    "--workers",
-    "0",
-    "--device",
-    "cpu",
-    "--no-amp",
-    "--batch-size",
-    "2",
-    "--set",
-    "model.min_size=[120]",
-    "--set",
-    "model.max_size=160",
-    "--set",
-    "model.backbone_weights=null",
-    "--set",
-    "model.rpn_pre_nms_top_n_train=100",
-    "--set",
-    "model.rpn_post_nms_top_n_train=50",
-    "--set",
-    "model.rpn_pre_nms_top_n_test=50",
-    "--set",
-    "model.rpn_post_nms_top_n_test=30",
-    "--set",
-    "model.box_batch_size_per_image=32",
-    "--set",
-    "model.box_head_width=64",
-    "--set",
-    "model.box_score_thresh=0.0",
-    "--set",
-    "train.log_period=1",
-    "--set",
-    "train.checkpoint_period=2",
-    "--set",
-    "optim.warmup=none",
-    "--set",
-    "optim.lr=0.005",
-    "--set",
-    "optim.steps=[]",
-]
+from resdet.models.weights import find_weights
 
 
 @pytest.mark.parametrize(("head", "task"), [("c4", "det"), ("fpn", "segm")])
@@ -182,3 +143,72 @@ def test_bad_input_is_named(tmp_path):
     )
     result = runner.invoke(app, ["eval", "--annotations", str(gt), "--results", str(bad)])
     assert result.exit_code == 2 and "999" in result.output
+
+
+def test_readme_quickstart_runs_end_to_end(tmp_path):
+    """`resdet train-det shapes`, the README's main job, with its recipe and a few steps."""
+    result = invoke("train-det", "shapes", "--iters", 4, "--workers", 0, "--device", "cpu")
+    out = tmp_path / "runs" / "shapes-faster-resnet18-fpn"
+    text = " ".join(result.output.split())
+    assert "shapes train: 1,000 images" in text and "shapes eval: 100 images" in text
+    assert "resnet18 backbone starts from random initialisation" in text
+    assert "COCO bbox AP (%)" in text and "AP50" in text
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["bbox"]) == {*STAT_NAMES, "per_class"}
+    assert set(report["bbox"]["per_class"]) == {"square", "circle", "triangle"}
+    assert report["data"]["train"]["images"] == 1000 and report["data"]["eval"]["boxes"] > 100
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["type"] == "data" and rows[-1]["type"] == "eval"
+
+
+def test_backbone_weights_choice_is_printed_and_recorded(tmp_path):
+    import yaml
+
+    import resdet
+    from resdet.engine.checkpoint import read_checkpoint_meta
+    from resdet.models.factory import Variant
+    from resdet.models.weights import add_weights
+
+    for tag in ("first", "second"):
+        add_weights(
+            "resnet18",
+            resdet.create_model("resnet18").state_dict(),
+            tag=tag,
+            variant=Variant("B", True),
+            num_classes=1000,
+            dataset="imagenet",
+            metrics={"top1_err": 0.3 if tag == "first" else 0.4},
+            source="test",
+        )
+    invoke("weights", "default", "resnet18", "second")
+    listed = json.loads(invoke("weights", "list", "--json").stdout)
+    assert [(e["tag"], e["default"]) for e in listed] == [("first", False), ("second", True)]
+    assert "second *" in invoke("weights", "list").stdout
+
+    root = write_tiny_coco(tmp_path / "coco", n_images=2, with_masks=False)
+    at = TINY.index("model.backbone_weights=null")
+    no_null = TINY[: at - 1] + TINY[at + 1 :]  # without that --set pair
+    args = ["train-det", "coco", "--backbone", "resnet18", "--data-dir", root, *no_null]
+    result = invoke(*args, "--out", tmp_path / "run", "--iters", 1, "--backbone-weights", "auto")
+    text = " ".join(result.output.split())
+    assert "resnet18 backbone weights: ImageNet 'second'" in text and "the default set with" in text
+    model_cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"]
+    second = find_weights("resnet18", "second")
+    assert (model_cfg["backbone_weights"], model_cfg["backbone_sha256"]) == (
+        "second",
+        second.sha256,
+    )
+    saved = read_checkpoint_meta(tmp_path / "run" / "last.pt")["config"]["model"]
+    assert saved["backbone_sha256"] == second.sha256
+
+    # The recorded digest is checked: a replaced entry stops a run started from that config.
+    replaced = runner.invoke(
+        app,
+        [str(a) for a in args]
+        + ["--config", str(tmp_path / "run" / "config.yaml"), "--out", str(tmp_path / "b")]
+        + ["--set", f"model.backbone_sha256={'0' * 64}"],
+    )
+    assert replaced.exit_code == 2 and "the entry was replaced since" in replaced.output
+
+    result = invoke(*args, "--out", tmp_path / "c", "--iters", 1, "--backbone-weights", "none")
+    assert "starts from random initialisation" in result.output

@@ -13,10 +13,13 @@ from resdet.models.factory import Variant
 from resdet.models.torchvision_io import export_torchvision, import_torchvision
 from resdet.models.weights import (
     add_weights,
+    choose_imagenet_weights,
+    default_tag,
     find_weights,
     list_weights,
     load_into,
     remove_weights,
+    set_default,
     store_root,
 )
 
@@ -277,3 +280,47 @@ def test_store_root_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     monkeypatch.delenv("RESDET_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert store_root() == tmp_path / ".cache" / "resdet" / "weights"
+
+
+def imagenet_entry(tag: str, metrics: dict, year: int, dataset: str = "imagenet"):
+    """A resnet18 entry dated 1 January ``year``, with ``metrics`` recorded."""
+    entry = add_weights(
+        "resnet18",
+        resdet.create_model("resnet18").state_dict(),
+        tag=tag,
+        variant=Variant("B", True),
+        num_classes=1000,
+        dataset=dataset,
+        metrics=metrics,
+        source="test",
+    )
+    manifest = json.loads(entry.manifest_path.read_text())
+    manifest["date"] = f"{year}-01-01T00:00:00+00:00"
+    entry.manifest_path.write_text(json.dumps(manifest))
+    return entry
+
+
+def test_auto_takes_the_default_then_the_best_top1_then_the_newest() -> None:
+    assert choose_imagenet_weights("resnet18") == (None, "")
+    imagenet_entry("old-good", {"top1_err": 0.30}, 2020)
+    imagenet_entry("new-unmeasured", {}, 2024)
+    imagenet_entry("cifar", {"top1_err": 0.01}, 2025, dataset="cifar10")  # never a backbone
+    entry, why = choose_imagenet_weights("resnet18")
+    assert entry.tag == "old-good" and "lowest recorded top-1 error (30.00%) of 2" in why
+    imagenet_entry("new-good", {"top1_err": 0.30}, 2023)  # a tie goes to the newer
+    assert choose_imagenet_weights("resnet18")[0].tag == "new-good"
+    set_default("resnet18", "new-unmeasured")
+    entry, why = choose_imagenet_weights("resnet18")
+    assert entry.tag == "new-unmeasured" and "default" in why
+    with pytest.raises(ValueError, match="trained on cifar10, not ImageNet"):
+        set_default("resnet18", "cifar")
+    remove_weights("resnet18", "new-unmeasured")  # removing the default clears the mark
+    assert default_tag("resnet18") is None
+    assert choose_imagenet_weights("resnet18")[0].tag == "new-good"
+
+
+def test_only_unmeasured_entries_take_the_newest() -> None:
+    imagenet_entry("a", {}, 2020)
+    imagenet_entry("b", {}, 2022)
+    entry, why = choose_imagenet_weights("resnet18")
+    assert entry.tag == "b" and "newest of 2 ImageNet entries" in why
