@@ -89,7 +89,7 @@ def _recipe(cls: type, name: str) -> Any:
 
 
 def test_recipes_carry_the_papers_numbers():
-    """REFERENCE.md section 2 (training recipes) and 3 (the detection setup)."""
+    """The paper's training recipes (sections 3.4, 4.2) and detection setup (Appendix A)."""
     from resdet.experiments.configs import ClsExperiment, DetExperiment
 
     # CIFAR-10: batch 128, lr 0.1 / 10 at 32k and 48k, stop at 64k, wd 1e-4, momentum 0.9.

@@ -1,6 +1,6 @@
 """MS COCO style detection / instance segmentation data sets, through pycocotools.
 
-Layout of the official release (REFERENCE.md section 4)::
+Layout of the official release (cocodataset.org; read as pycocotools reads it)::
 
     ROOT/annotations/instances_{train,val}2017.json
     ROOT/{train,val}2017/*.jpg

@@ -128,7 +128,8 @@ CIFAR_NAMES = (
 def write_tiny_cifar10(
     root: str | Path, per_batch: int = 10, n_test: int = 10, *, seed: int = 0
 ) -> Path:
-    """Write ``root/cifar-10-batches-py`` in the real python format (REFERENCE.md section 4).
+    """Write ``root/cifar-10-batches-py`` in the real python format (the CIFAR
+    site's "python version", https://www.cs.toronto.edu/~kriz/cifar.html).
 
     Five training batches of ``per_batch`` random images and a test batch of ``n_test``, each a
     protocol-2 pickle of ``{b"data": uint8 [N, 3072], b"labels": [...]}``. Returns ``root``.

@@ -1,4 +1,4 @@
-"""PASCAL VOC detection from the devkit layout (REFERENCE.md section 4)::
+"""PASCAL VOC detection from the devkit layout (the PASCAL VOC development kit)::
 
     VOCdevkit/VOC{2007,2012}/Annotations/<id>.xml
     VOCdevkit/VOC{2007,2012}/JPEGImages/<id>.jpg

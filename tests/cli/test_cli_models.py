@@ -21,7 +21,7 @@ def test_models_json_lists_facts():
     assert result.exit_code == 0, result.output
     rows = {row["name"]: row for row in json.loads(result.stdout)}
     assert set(rows) == {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
-    # torchvision's parameter count and the paper's 3.858 GMACs layout (REFERENCE.md section 1).
+    # torchvision's parameter count and the paper's 3.858 GMACs layout (paper Table 1, MSRA release).
     assert rows["resnet50"]["params"] == 25_557_032
     assert rows["resnet50"]["macs"] == pytest.approx(3.858e9, rel=5e-3)
     assert rows["resnet50"]["family"] == "imagenet" and rows["resnet50"]["depth"] == 50

@@ -16,7 +16,7 @@ PER_BATCH = 10  # 5 batches -> 50 training images, a 1/1000 scale model of the r
 
 
 def write_cifar(root: Path, key=bytes, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Write root/cifar-10-batches-py as in REFERENCE.md section 4; return (train rows, test rows).
+    """Write root/cifar-10-batches-py in the CIFAR site's python format; return (train rows, test rows).
 
     ``key`` is the type of the dict keys: bytes (pickled from Python 3) or str (as Python 2's
     pickles load with encoding="latin1").
@@ -53,7 +53,7 @@ def test_pixels_and_labels_round_trip(tmp_path, key):
     dataset = Cifar10(tmp_path, "train", augment=False)
     assert len(dataset) == 50 and dataset.class_names == NAMES and dataset.num_classes == 10
     np.testing.assert_array_equal(dataset.labels, labels)
-    # Row 13's pixel (y=5, x=7): R at 5*32+7, G 1024 later, B 2048 later (REFERENCE.md section 4).
+    # Row 13's pixel (y=5, x=7): R at 5*32+7, G 1024 later, B 2048 later (the CIFAR site's format).
     rgb = data[13, [5 * 32 + 7, 1024 + 5 * 32 + 7, 2048 + 5 * 32 + 7]]
     np.testing.assert_array_equal(dataset.images[13, 5, 7], rgb)
     image, label = dataset[13]

@@ -141,7 +141,7 @@ def test_frozen_bn_keeps_statistics_and_affine_through_training(head: str) -> No
 
 
 def test_c4_structure_resnet50() -> None:
-    # Paper Appendix A / REFERENCE.md section 3: conv1..conv4 (stride 16) feed the RPN, conv5_x
+    # Paper Appendix A: conv1..conv4 (stride 16) feed the RPN, conv5_x
     # runs per RoI; R50's res4 has 1024 channels and res5 2048 (paper Table 1: 256x4, 512x4).
     with torch.device("meta"):
         model = build_detector(

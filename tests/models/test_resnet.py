@@ -1,4 +1,4 @@
-"""Architecture facts pinned against the paper and torchvision (shared/REFERENCE.md section 1)."""
+"""Architecture facts pinned against the paper and torchvision (paper Table 1, section 4.2; torchvision)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import resdet
 from resdet.models.blocks import ZeroPadShortcut
 from resdet.models.complexity import count_params
 
-# torchvision's resnet parameter counts (fc 1000); paper Table 1 stacks. REFERENCE.md section 1.
+# torchvision's resnet parameter counts (fc 1000); paper Table 1 stacks.
 TORCHVISION_PARAMS = {
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
@@ -17,7 +17,7 @@ TORCHVISION_PARAMS = {
     "resnet152": 60_192_808,
 }
 # Multiply-adds (conv + fc) at 224x224, stride on the bottleneck's 1x1 (paper, MSRA release):
-# paper Table 1 "FLOPs" 1.8 / 3.6 / 3.8 / 7.6 / 11.3 x 10^9, REFERENCE.md section 1.
+# paper Table 1 "FLOPs" 1.8 / 3.6 / 3.8 / 7.6 / 11.3 x 10^9 (MSRA layout, stride in the 1x1).
 PAPER_GMACS = {
     "resnet18": 1.814,
     "resnet34": 3.664,
@@ -25,10 +25,10 @@ PAPER_GMACS = {
     "resnet101": 7.570,
     "resnet152": 11.282,
 }
-# The same with the stride on the 3x3 conv (torchvision "v1.5"), REFERENCE.md section 1.
+# The same with the stride on the 3x3 conv (torchvision "v1.5").
 TORCHVISION_GMACS = {"resnet50": 4.089, "resnet101": 7.801, "resnet152": 11.514}
 # CIFAR 6n+2 nets with option A shortcuts: exact counts (paper Table 6 rounds them to
-# 0.27M / 0.46M / 0.66M / 0.85M / 1.7M / 19.4M), REFERENCE.md section 1.
+# 0.27M / 0.46M / 0.66M / 0.85M / 1.7M / 19.4M).
 CIFAR_PARAMS = {
     20: 269_722,
     32: 464_154,
