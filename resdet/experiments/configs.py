@@ -123,7 +123,16 @@ class DetModelConfig:
     box_score_thresh: float = 0.05
     box_nms_thresh: float = 0.5
     box_detections_per_img: int = 100
-    roi_sampling_ratio: int | None = None  # RoIAlign samples per bin side; None: head default
+    # Where torchvision and detectron2 differ (resdet.models.conventions); torchvision's
+    # defaults, so its fasterrcnn_resnet50_fpn weights give its detections:
+    roi_sampling_ratio: int | None = None  # RoIAlign samples per bin side, 0 adaptive;
+    # None: the head's default (FPN 2, C4 0); detectron2: 0
+    roi_aligned: bool = False  # RoIAlign half-pixel shift (detectron2's ROIAlignV2): true
+    anchor_rounding: bool = True  # whole-pixel anchors, inferred strides; detectron2: false
+    size_divisible: int = 32  # pad batches to a multiple; detectron2: 32 FPN, 1 (none) C4
+    rpn_box_loss_beta: float = 1 / 9  # smooth-L1 beta of the RPN box loss; detectron2: 0 (L1)
+    roi_box_loss_beta: float = 1 / 9  # smooth-L1 beta of the RoI box loss; detectron2: 0 (L1)
+    head_init: Literal["torchvision", "detectron2"] = "torchvision"  # predictor/box-head init
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from resdet.experiments.common import (
 )
 from resdet.experiments.configs import DetExperiment
 from resdet.experiments.run_dir import prepare_run_dir
+from resdet.models.conventions import RCNNConventions
 from resdet.models.detector import build_detector, load_detector_state
 
 
@@ -88,7 +89,15 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         box_score_thresh=m.box_score_thresh,
         box_nms_thresh=m.box_nms_thresh,
         box_detections_per_img=m.box_detections_per_img,
-        roi_sampling_ratio=m.roi_sampling_ratio,
+        conventions=RCNNConventions(
+            roi_aligned=m.roi_aligned,
+            roi_sampling_ratio=m.roi_sampling_ratio,
+            anchor_rounding=m.anchor_rounding,
+            size_divisible=m.size_divisible,
+            rpn_box_loss_beta=m.rpn_box_loss_beta,
+            roi_box_loss_beta=m.roi_box_loss_beta,
+            head_init=m.head_init,
+        ),
         train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
     )
 

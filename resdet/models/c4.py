@@ -21,6 +21,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.models.detection.mask_rcnn import MaskRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
+from resdet.models.anchors import ExactAnchorGenerator
 from resdet.models.resnet import ResNet
 from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
@@ -109,6 +110,19 @@ class DetectorParts:
     mask_predictor: MaskRCNNPredictor | None = None
 
 
+def anchor_generator(
+    sizes: tuple[tuple[int, ...], ...],
+    aspect_ratios: tuple[tuple[float, ...], ...],
+    strides: tuple[int, ...],
+    rounding: bool,
+) -> AnchorGenerator:
+    """torchvision's generator (rounded anchors, strides inferred from the padded image) or the
+    exact one of ``resdet.models.anchors`` at the levels' ``strides``."""
+    if rounding:
+        return AnchorGenerator(sizes, aspect_ratios)
+    return ExactAnchorGenerator(sizes, aspect_ratios, strides)
+
+
 def c4_parts(
     resnet: ResNet,
     num_classes: int,
@@ -116,19 +130,27 @@ def c4_parts(
     anchor_sizes: tuple[int, ...],
     aspect_ratios: tuple[float, ...],
     channels_last: bool,
+    *,
+    roi_aligned: bool = False,
+    anchor_rounding: bool = True,
 ) -> DetectorParts:
     """The C4 modules around ``resnet``, which they take over (its ``fc`` is left out).
 
     One RPN level at stride 16 with ``len(anchor_sizes) * len(aspect_ratios)`` anchors per
     location (15 by default); ``num_classes`` counts object classes without background.
+    ``roi_aligned`` and ``anchor_rounding`` as in ``resdet.models.conventions``.
     """
     res5_channels = resnet.feature_info["res5"][0]
     box_head = Res5BoxHead(resnet.layer4, res5_channels, channels_last)
     # sampling_ratio=0 samples ceil(RoI size / 14) points per bin, as detectron2's C4 pooler.
     parts = DetectorParts(
         backbone=C4Backbone(resnet, channels_last),
-        anchor_generator=AnchorGenerator((tuple(anchor_sizes),), (tuple(aspect_ratios),)),
-        box_roi_pool=GatherMultiScaleRoIAlign(["res4"], output_size=14, sampling_ratio=0),
+        anchor_generator=anchor_generator(
+            (tuple(anchor_sizes),), (tuple(aspect_ratios),), (16,), anchor_rounding
+        ),
+        box_roi_pool=GatherMultiScaleRoIAlign(
+            ["res4"], output_size=14, sampling_ratio=0, aligned=roi_aligned
+        ),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(res5_channels, num_classes + 1),
     )
@@ -136,7 +158,9 @@ def c4_parts(
         return parts
     return replace(
         parts,
-        mask_roi_pool=GatherMultiScaleRoIAlign(["res4"], output_size=14, sampling_ratio=0),
+        mask_roi_pool=GatherMultiScaleRoIAlign(
+            ["res4"], output_size=14, sampling_ratio=0, aligned=roi_aligned
+        ),
         mask_head=Res5MaskHead(box_head),
         mask_predictor=MaskRCNNPredictor(res5_channels, 256, num_classes + 1),
     )

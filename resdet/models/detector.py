@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
-from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
@@ -32,8 +31,10 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from resdet.models.api import create_model
 from resdet.models.blocks import Shortcut
-from resdet.models.c4 import DetectorParts, c4_parts, maybe_channels_last
+from resdet.models.c4 import DetectorParts, anchor_generator, c4_parts, maybe_channels_last
+from resdet.models.conventions import TORCHVISION, RCNNConventions, init_heads_as_detectron2
 from resdet.models.factory import get_spec
+from resdet.models.rcnn_heads import RPN, BoxMaskHeads
 from resdet.models.resnet import ResNet
 from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
@@ -49,6 +50,7 @@ Head = Literal["c4", "fpn"]
 FPN_CHANNELS = 256
 # P2..P5 from res2..res5 plus P6 from LastLevelMaxPool; the FPN takes one anchor size per level.
 FPN_LEVELS = 5
+FPN_STRIDES = (4, 8, 16, 32, 64)
 # torchvision's trainable_backbone_layers order: the last k of these names are trained.
 _STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
 # Layers whose shape depends on the number of classes; only they may differ on loading.
@@ -86,7 +88,7 @@ def build_detector(
     box_score_thresh: float = 0.05,
     box_nms_thresh: float = 0.5,
     box_detections_per_img: int = 100,
-    roi_sampling_ratio: int | None = None,
+    conventions: RCNNConventions = TORCHVISION,
     train_resize: bool = True,
 ) -> FasterRCNN:
     """Faster R-CNN (``masks=False``) or Mask R-CNN on the registry backbone ``backbone``.
@@ -112,10 +114,11 @@ def build_detector(
     ``box_head_width`` is the FPN ``TwoMLPHead`` width (C4's box head is
     res5, whose width the backbone fixes). The other arguments are torchvision's
     ``FasterRCNN`` arguments of the same name, with its defaults (detectron2's C4 configs keep
-    more proposals before NMS, 12000 in training and 6000 in testing). ``roi_sampling_ratio``
-    sets the RoIAlign sample points per bin side (None: torchvision's 2 for FPN, adaptive for
-    C4). RoIAlign is torchvision's, computed as one gather on CPU (``resdet.models.roi_align``,
-    4-7x faster there to train). ``train_resize=False``
+    more proposals before NMS, 12000 in training and 6000 in testing). ``conventions`` chooses
+    between torchvision's and detectron2's ways where they differ (RoIAlign alignment and
+    sample points, anchor rounding, padding, box-loss beta, head initialisation; see
+    ``resdet.models.conventions``); the default is torchvision's. RoIAlign is computed as one
+    gather on CPU (``resdet.models.roi_align``, 4-7x faster there to train). ``train_resize=False``
     skips the model's resize in training, for data pipelines that resize (and draw the
     multi-scale size) themselves, as resdet's do.
 
@@ -133,7 +136,16 @@ def build_detector(
     )
     freeze_stages(resnet, trainable_stages)
     if head == "c4":
-        parts = c4_parts(resnet, num_classes, masks, anchor_sizes, aspect_ratios, channels_last)
+        parts = c4_parts(
+            resnet,
+            num_classes,
+            masks,
+            anchor_sizes,
+            aspect_ratios,
+            channels_last,
+            roi_aligned=conventions.roi_aligned,
+            anchor_rounding=conventions.anchor_rounding,
+        )
     else:
         parts = _fpn_parts(
             resnet,
@@ -144,6 +156,7 @@ def build_detector(
             box_head_width,
             mask_head_layers,
             channels_last,
+            conventions,
         )
     common = {
         "min_size": min_size,
@@ -175,6 +188,8 @@ def build_detector(
         )
     else:
         model = FasterRCNN(parts.backbone, None, **common)
+    model.rpn = RPN.from_torchvision(model.rpn, conventions.rpn_box_loss_beta)
+    model.roi_heads = BoxMaskHeads.from_torchvision(model.roi_heads, conventions.roi_box_loss_beta)
     # Box coordinates decoded in bf16 land on 2-8 px steps at 600-1333 px; the heads' outputs
     # feed that decoding, so they are handed on in float32 even under autocast.
     for module in (model.rpn.head, model.roi_heads.box_predictor):
@@ -182,10 +197,13 @@ def build_detector(
     # When the data pipeline already resized each training image (multi-scale draws included),
     # torchvision's own random resize would resize it a second time. Eval always resizes.
     model.transform._skip_resize = not train_resize
-    if roi_sampling_ratio is not None:
+    model.transform.size_divisible = conventions.size_divisible
+    if conventions.roi_sampling_ratio is not None:
         for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
             if pool is not None:
-                pool.sampling_ratio = roi_sampling_ratio
+                pool.sampling_ratio = conventions.roi_sampling_ratio
+    if conventions.head_init == "detectron2":
+        init_heads_as_detectron2(model)
     model.num_classes = num_classes
     model.head = head
     model.backbone_name = backbone
@@ -382,6 +400,7 @@ def _fpn_parts(
     box_head_width: int,
     mask_head_layers: tuple[int, ...],
     channels_last: bool,
+    conventions: RCNNConventions,
 ) -> DetectorParts:
     if len(anchor_sizes) != FPN_LEVELS:
         raise ValueError(
@@ -392,10 +411,15 @@ def _fpn_parts(
     levels = ["0", "1", "2", "3"]
     parts = DetectorParts(
         backbone=FPNBackbone(resnet, channels_last),
-        anchor_generator=AnchorGenerator(
-            tuple((size,) for size in anchor_sizes), (tuple(aspect_ratios),) * FPN_LEVELS
+        anchor_generator=anchor_generator(
+            tuple((size,) for size in anchor_sizes),
+            (tuple(aspect_ratios),) * FPN_LEVELS,
+            FPN_STRIDES,
+            conventions.anchor_rounding,
         ),
-        box_roi_pool=GatherMultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_roi_pool=GatherMultiScaleRoIAlign(
+            levels, output_size=7, sampling_ratio=2, aligned=conventions.roi_aligned
+        ),
         box_head=TwoMLPHead(FPN_CHANNELS * 7**2, box_head_width),
         box_predictor=FastRCNNPredictor(box_head_width, num_classes + 1),
     )
@@ -403,7 +427,9 @@ def _fpn_parts(
         return parts
     return replace(
         parts,
-        mask_roi_pool=GatherMultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_roi_pool=GatherMultiScaleRoIAlign(
+            levels, output_size=14, sampling_ratio=2, aligned=conventions.roi_aligned
+        ),
         mask_head=MaskRCNNHeads(FPN_CHANNELS, list(mask_head_layers), 1),
         mask_predictor=MaskRCNNPredictor(
             mask_head_layers[-1], mask_head_layers[-1], num_classes + 1

@@ -60,10 +60,23 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
     """torchvision's ``MultiScaleRoIAlign`` (same arguments, level rule and values) that pools
     all levels with one gather on CPU, and with torchvision's kernel elsewhere.
 
+    ``aligned=True`` shifts sample points by half a pixel (RoIAlign "v2", detectron2's
+    ``ROIAlignV2``); torchvision's class always pools with ``aligned=False``.
     ``forward(features: dict of [B, C, H_l, W_l], boxes: list of [N_i, 4] xyxy in image
     pixels, image_shapes)`` -> [sum N_i, C, out_h, out_w], on CPU in channels-last memory
     order (what the heads' convolutions want; ``reshape`` rather than ``view`` to flatten).
     """
+
+    def __init__(
+        self,
+        featmap_names: list[str],
+        output_size: int | tuple[int, int],
+        sampling_ratio: int,
+        *,
+        aligned: bool = False,
+    ) -> None:
+        super().__init__(featmap_names, output_size, sampling_ratio)
+        self.aligned = aligned
 
     def forward(
         self,
@@ -72,19 +85,35 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
         image_shapes: list[tuple[int, int]],
     ) -> Tensor:
         features = [x[name] for name in self.featmap_names]
-        if features[0].device.type != "cpu":
+        on_cpu = features[0].device.type == "cpu"
+        if not on_cpu and not self.aligned:
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             # Let torchvision infer the level scales and its level mapper from the shapes.
             super().forward(x, [box[:0] for box in boxes], image_shapes)
         rois = _convert_to_roi_format(boxes)
         if len(features) == 1:
-            levels = torch.zeros(len(rois), dtype=torch.long)
+            levels = torch.zeros(len(rois), dtype=torch.long, device=rois.device)
         else:
             levels = self.map_levels(boxes)
-        return _gather_roi_align(
-            features, self.scales, rois, levels, self.output_size, self.sampling_ratio, False
-        )
+        if on_cpu:
+            return _gather_roi_align(
+                features,
+                self.scales,
+                rois,
+                levels,
+                self.output_size,
+                self.sampling_ratio,
+                self.aligned,
+            )
+        # torchvision's kernel level by level, as its MultiScaleRoIAlign does, but aligned.
+        pooled = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            index = torch.where(levels == level)[0]
+            pooled[index] = tv_roi_align(
+                feature, rois[index], self.output_size, scale, self.sampling_ratio, True
+            ).to(pooled.dtype)
+        return pooled
 
 
 def _gather_roi_align(
