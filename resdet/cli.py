@@ -173,25 +173,80 @@ def entry_json(entry: object) -> dict:
 
 @weights_app.command("import")
 def weights_import(
-    path: Annotated[Path, typer.Argument(help="A torchvision ResNet state dict (.pth).")],
-    arch: Annotated[str, typer.Option(help="Registered name, e.g. resnet50.")],
-    tag: Annotated[str, typer.Option(help="Name of the entry in the store.")],
-    fmt: Annotated[str, typer.Option("--format", help="Checkpoint format.")] = "torchvision",
+    path: Annotated[
+        Path, typer.Argument(help="A torchvision ResNet (.pth) or detectron2 (.pth, .pkl) file.")
+    ],
+    arch: Annotated[
+        str | None, typer.Option(help="Registered name, e.g. resnet50 (torchvision format).")
+    ] = None,
+    tag: Annotated[str | None, typer.Option(help="Name of the entry in the store.")] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="torchvision or detectron2.")
+    ] = "torchvision",
     dataset: Annotated[
-        str, typer.Option(help="Data set the weights were trained on.")
-    ] = "imagenet",
-    force: Annotated[bool, typer.Option(help="Overwrite an existing entry.")] = False,
+        str, typer.Option(help="Data set the weights were trained on (detectors: its classes).")
+    ] = "",
+    out: Annotated[
+        Path | None,
+        typer.Option(help="detectron2 detectors: the resdet checkpoint to write (FILE.pt)."),
+    ] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="detectron2 detectors: comma-separated class names.")
+    ] = None,
+    input_format: Annotated[
+        str, typer.Option(help="detectron2: INPUT.FORMAT its conv1 was trained on, BGR or RGB.")
+    ] = "BGR",
+    pixel_std: Annotated[
+        str, typer.Option(help="detectron2: MODEL.PIXEL_STD in that channel order.")
+    ] = "1,1,1",
+    stride_in_1x1: Annotated[
+        bool,
+        typer.Option(
+            "--stride-in-1x1/--stride-in-3x3",
+            help="detectron2: RESNETS.STRIDE_IN_1X1 (MSRA models: 1x1; torchvision's: 3x3).",
+        ),
+    ] = True,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing entry or file.")] = False,
 ) -> None:
-    """Convert a torchvision ResNet checkpoint into the weight store."""
+    """Convert a torchvision ResNet or a detectron2 backbone into the weight store, or a
+    detectron2 Faster / Mask R-CNN into a resdet checkpoint."""
+    from resdet.experiments.detectron2_import import import_detectron2
+    from resdet.models.detectron2_io import InputConvention
     from resdet.models.torchvision_io import import_torchvision
 
-    if fmt != "torchvision":
-        raise fail(f"--format {fmt!r} is not supported; the only format is 'torchvision'")
     try:
-        entry = import_torchvision(path, arch, tag=tag, force=force, dataset=dataset)
+        if fmt == "torchvision":
+            if arch is None or tag is None:
+                raise ValueError("--format torchvision needs --arch and --tag")
+            entry = import_torchvision(
+                path, arch, tag=tag, force=force, dataset=dataset or "imagenet"
+            )
+            console.print(f"imported {path} as {entry.arch}:{entry.tag} -> {entry.path}")
+            return
+        if fmt != "detectron2":
+            raise ValueError(f"--format {fmt!r} is not supported; use torchvision or detectron2")
+        stds = tuple(float(v) for v in pixel_std.split(","))
+        done = import_detectron2(
+            path,
+            tag=tag,
+            out=out,
+            dataset=dataset or "coco",
+            class_names=class_names.split(",") if class_names else None,
+            convention=InputConvention(input_format.upper(), stds),  # type: ignore[arg-type]
+            stride_in_1x1=stride_in_1x1,
+            force=force,
+        )
     except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
         raise fail(str(error)) from None
-    console.print(f"imported {path} as {entry.arch}:{entry.tag} -> {entry.path}")
+    if done.entry is not None:
+        console.print(f"imported {path} as {done.entry.arch}:{done.entry.tag} -> {done.entry.path}")
+    else:
+        layout = done.layout
+        kind = "Mask R-CNN" if layout.masks else "Faster R-CNN"
+        console.print(
+            f"imported {path} as a {layout.arch}-{layout.head} {kind} ({layout.num_classes} "
+            f"classes, detectron2's conventions) -> {done.checkpoint}"
+        )
 
 
 @weights_app.command("remove")

@@ -133,6 +133,7 @@ class DetModelConfig:
     rpn_box_loss_beta: float = 1 / 9  # smooth-L1 beta of the RPN box loss; detectron2: 0 (L1)
     roi_box_loss_beta: float = 1 / 9  # smooth-L1 beta of the RoI box loss; detectron2: 0 (L1)
     head_init: Literal["torchvision", "detectron2"] = "torchvision"  # predictor/box-head init
+    mask_paste: Literal["torchvision", "detectron2"] = "torchvision"  # masks into the image
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,7 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
             rpn_box_loss_beta=m.rpn_box_loss_beta,
             roi_box_loss_beta=m.roi_box_loss_beta,
             head_init=m.head_init,
+            mask_paste=m.mask_paste,
         ),
         train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
     )

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import FasterRCNN
 
+from resdet.models.mask_paste import MaskPaste
 from resdet.models.rcnn_heads import TORCHVISION_BETA
 
 HeadInit = Literal["torchvision", "detectron2"]
@@ -39,6 +40,7 @@ class RCNNConventions:
         predictor (cls_score std 0.01, bbox_pred std 0.001, zero biases), the FPN box head's
         fc layers (c2_xavier_fill: Kaiming-uniform with a=1, zero bias) and the mask
         predictor (std 0.001, zero bias).
+    mask_paste: how RoI masks are pasted into the image (``resdet.models.mask_paste``).
     """
 
     roi_aligned: bool = False
@@ -48,6 +50,7 @@ class RCNNConventions:
     rpn_box_loss_beta: float = TORCHVISION_BETA
     roi_box_loss_beta: float = TORCHVISION_BETA
     head_init: HeadInit = "torchvision"
+    mask_paste: MaskPaste = "torchvision"
 
     def __post_init__(self) -> None:
         if self.size_divisible < 1:
@@ -58,8 +61,11 @@ class RCNNConventions:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be >= 0 (0 is L1), got {value}")
-        if self.head_init not in ("torchvision", "detectron2"):
-            raise ValueError(f"head_init must be torchvision or detectron2, got {self.head_init!r}")
+        for name in ("head_init", "mask_paste"):
+            if getattr(self, name) not in ("torchvision", "detectron2"):
+                raise ValueError(
+                    f"{name} must be torchvision or detectron2, got {getattr(self, name)!r}"
+                )
 
     @classmethod
     def detectron2(cls, head: Literal["c4", "fpn"]) -> RCNNConventions:
@@ -72,6 +78,7 @@ class RCNNConventions:
             rpn_box_loss_beta=0.0,
             roi_box_loss_beta=0.0,
             head_init="detectron2",
+            mask_paste="detectron2",
         )
 
 

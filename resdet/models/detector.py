@@ -34,6 +34,7 @@ from resdet.models.blocks import Shortcut
 from resdet.models.c4 import DetectorParts, anchor_generator, c4_parts, maybe_channels_last
 from resdet.models.conventions import TORCHVISION, RCNNConventions, init_heads_as_detectron2
 from resdet.models.factory import get_spec
+from resdet.models.mask_paste import RCNNTransform
 from resdet.models.rcnn_heads import RPN, BoxMaskHeads
 from resdet.models.resnet import ResNet
 from resdet.models.roi_align import GatherMultiScaleRoIAlign
@@ -196,8 +197,16 @@ def build_detector(
         module.register_forward_hook(_outputs_to_float32)
     # When the data pipeline already resized each training image (multi-scale draws included),
     # torchvision's own random resize would resize it a second time. Eval always resizes.
-    model.transform._skip_resize = not train_resize
-    model.transform.size_divisible = conventions.size_divisible
+    old = model.transform
+    model.transform = RCNNTransform(
+        old.min_size,
+        old.max_size,
+        old.image_mean,
+        old.image_std,
+        size_divisible=conventions.size_divisible,
+        _skip_resize=not train_resize,
+    )
+    model.transform.mask_paste = conventions.mask_paste
     if conventions.roi_sampling_ratio is not None:
         for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
             if pool is not None:
