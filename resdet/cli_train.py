@@ -11,7 +11,12 @@ import typer
 from resdet.cli_common import console, fail, run_entry
 
 ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Experiment YAML (default: the packaged recipe).")
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Experiment YAML, or a packaged recipe by name, e.g. "
+        "detectron2/faster_rcnn_R_50_FPN_1x (default: the data set's packaged recipe).",
+    ),
 ]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Data set folder.")]
 OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default: runs/<name>).")]
@@ -53,6 +58,19 @@ def packaged_config(relative: str) -> Path | None:
     """A recipe shipped in ``resdet/configs`` (None when there is no such file)."""
     path = Path(str(resources.files("resdet") / "configs" / relative))
     return path if path.is_file() else None
+
+
+def recipe_file(config: Path | None, task: str) -> Path | None:
+    """``config`` itself when it is a file, else the packaged recipe ``<task>/<config>.yaml``."""
+    if config is None or config.is_file():
+        return config
+    packaged = packaged_config(f"{task}/{config}.yaml".replace(".yaml.yaml", ".yaml"))
+    if packaged is None:
+        raise fail(
+            f"config {config} is neither a file nor a packaged recipe (resdet/configs/{task}/); "
+            "e.g. detectron2/faster_rcnn_R_50_FPN_1x"
+        )
+    return packaged
 
 
 def common_overrides(
@@ -156,6 +174,7 @@ def train_cls(
     recipe = "imagenet" if dataset.startswith("folder:") else dataset
     net = f"{'plain' if plain else 'resnet'}{depth}" if depth is not None else None
     overrides = [f"data.dataset={dataset}"]
+    config = recipe_file(config, "cls")
     if config is None and resume is None:
         config = packaged_config(f"cls/{recipe}_{net}.yaml") if net else None
         config = config or packaged_config(f"cls/{recipe}_base.yaml")
@@ -267,6 +286,7 @@ def train_det(
     check_fresh_or_resumed(resume, overwrite)
     if task not in ("det", "segm"):
         raise fail(f"--task must be det or segm, got {task!r}")
+    config = recipe_file(config, "det")
     if config is None and resume is None:
         config = det_recipe(dataset, backbone, head, masks=task == "segm")
     overrides = [f"data.dataset={dataset}"]

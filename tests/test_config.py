@@ -127,3 +127,56 @@ def test_recipes_carry_the_papers_numbers():
     m, o = cfg.model, cfg.optim
     assert (m.backbone, m.head, m.frozen_bn, m.min_size) == ("resnet101", "c4", True, (600,))
     assert (o.lr, o.steps, o.gamma, cfg.train.iters) == (0.001, (240000,), 0.1, 320000)
+
+
+D2_COMMON = {
+    # detectron2 config/defaults.py and Base-RCNN-*.yaml, by resdet key
+    "trainable_stages": 3,  # BACKBONE.FREEZE_AT 2
+    "stride_in_1x1": True,
+    "min_size": (640, 672, 704, 736, 768, 800),
+    "max_size": 1333,
+    "roi_aligned": True,  # ROIAlignV2
+    "roi_sampling_ratio": 0,
+    "anchor_rounding": False,
+    "rpn_box_loss_beta": 0.0,
+    "roi_box_loss_beta": 0.0,
+    "head_init": "detectron2",
+    "mask_paste": "detectron2",
+    "box_batch_size_per_image": 512,
+    "box_score_thresh": 0.05,
+    "box_nms_thresh": 0.5,
+}
+D2_HEADS = {
+    "c4": {"size_divisible": 1, "rpn_pre_nms_top_n_train": 12000, "rpn_post_nms_top_n_train": 2000,
+           "rpn_pre_nms_top_n_test": 6000, "rpn_post_nms_top_n_test": 1000},
+    "fpn": {"size_divisible": 32, "rpn_pre_nms_top_n_train": 2000, "rpn_post_nms_top_n_train": 1000,
+            "rpn_pre_nms_top_n_test": 1000, "rpn_post_nms_top_n_test": 1000},
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "backbone", "head", "masks", "steps", "iters"),
+    [
+        ("faster_rcnn_R_50_C4_1x", "resnet50", "c4", False, (60000, 80000), 90000),
+        ("faster_rcnn_R_101_C4_3x", "resnet101", "c4", False, (210000, 250000), 270000),
+        ("faster_rcnn_R_50_FPN_1x", "resnet50", "fpn", False, (60000, 80000), 90000),
+        ("mask_rcnn_R_50_FPN_1x", "resnet50", "fpn", True, (60000, 80000), 90000),
+        ("PascalVOC-Detection/faster_rcnn_R_50_C4", "resnet50", "c4", False, (12000, 16000), 18000),
+    ],
+)
+def test_detectron2_recipes_follow_detectron2s_configs(name, backbone, head, masks, steps, iters):
+    from resdet.experiments.configs import DetExperiment
+
+    cfg = _recipe(DetExperiment, f"det/detectron2/{name}")
+    m, o = cfg.model, cfg.optim
+    assert (m.backbone, m.head, m.masks) == (backbone, head, masks)
+    expected = {**D2_COMMON, **D2_HEADS[head]}
+    if name.startswith("PascalVOC"):
+        expected["min_size"] = (480, 512, 544, 576, 608, 640, 672, 704, 736, 768, 800)
+        assert cfg.data.dataset == "voc0712" and o.warmup_iters == 100
+    else:
+        assert cfg.data.dataset == "coco" and o.warmup_iters == 1000
+    assert {key: getattr(m, key) for key in expected} == expected
+    assert (o.lr, o.steps, cfg.train.iters, cfg.data.batch_size) == (0.02, steps, iters, 16)
+    assert (o.warmup, o.warmup_factor, o.weight_decay, o.momentum) == ("linear", 0.001, 1e-4, 0.9)
+    assert (cfg.data.keep_empty, cfg.train.amp) == (False, "fp32")

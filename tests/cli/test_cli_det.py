@@ -212,3 +212,16 @@ def test_backbone_weights_choice_is_printed_and_recorded(tmp_path):
 
     result = invoke(*args, "--out", tmp_path / "c", "--iters", 1, "--backbone-weights", "none")
     assert "starts from random initialisation" in result.output
+
+
+def test_a_packaged_recipe_by_name(tmp_path):
+    import yaml
+
+    root = write_tiny_coco(tmp_path / "coco", n_images=2, with_masks=False)
+    recipe = "detectron2/faster_rcnn_R_50_FPN_1x"
+    args = ["train-det", "coco", "--config", recipe, "--data-dir", root, "--out", tmp_path / "r"]
+    invoke(*args, "--backbone", "resnet18", "--iters", 1, *TINY)
+    model = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]
+    assert (model["head"], model["roi_aligned"], model["rpn_box_loss_beta"]) == ("fpn", True, 0.0)
+    wrong = runner.invoke(app, ["train-det", "coco", "--config", "detectron2/nope"])
+    assert wrong.exit_code == 2 and "neither a file nor a packaged recipe" in wrong.output
