@@ -122,7 +122,13 @@ def detectron2_experiment(
         mask_paste=d2.mask_paste,
     )
     base = DetExperiment()
-    return replace(base, model=model, data=replace(base.data, dataset=dataset, keep_empty=False))
+    return replace(
+        base,
+        model=model,
+        data=replace(base.data, dataset=dataset, keep_empty=False),
+        # channels-last is a memory order (faster convolutions on CPU), not a numerical choice
+        train=replace(base.train, amp="fp32", channels_last=True),
+    )
 
 
 def _class_names(dataset: str, given: list[str] | None, count: int) -> list[str]:
