@@ -220,9 +220,9 @@ def _detector_name(name: str, head: str) -> str:
         blocks = "inner_blocks" if match[1] == "lateral" else "layer_blocks"
         return f"backbone.fpn.{blocks}.{int(match[2]) - 2}.0.{match[3]}"
     if head == "c4" and name.startswith("roi_heads.res5."):
-        return _block_name(name.removeprefix("roi_heads."), "roi_heads.box_head.res5.").replace(
-            "roi_heads.box_head.res5.layer4.", "roi_heads.box_head.res5."
-        )
+        # res5 runs per RoI in C4's box head, which holds it as a bare Sequential of blocks
+        block = _block_name(name.removeprefix("roi_heads."), path="")
+        return "roi_heads.box_head.res5." + block.removeprefix("layer4.")
     body = name.removeprefix("backbone.bottom_up." if head == "fpn" else "backbone.")
     if body != name:
         return _block_name(body, "backbone.body.")

@@ -11,14 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from detectron2_fixture import detectron2_state, record
 from typer.testing import CliRunner
 
 import resdet
 from resdet.cli import app
 from resdet.data.cls_transforms import IMAGENET_STD
 from resdet.engine.checkpoint import load_checkpoint
-
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "detectron2"
 
 
 @pytest.fixture(autouse=True)
@@ -87,13 +86,7 @@ def test_msra_caffe2_backbone_imports_with_the_same_logits(tmp_path: Path) -> No
 
 
 def test_detector_pkl_imports_like_its_pth(tmp_path: Path) -> None:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("w", FIXTURE / "synthetic_weights.py")
-    weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights)
-    record = json.loads((FIXTURE / "faster_rcnn_R_50_FPN.json").read_text())
-    state = weights.synthetic_state(record["recipe"])
+    state = detectron2_state(record("faster_rcnn_R_50_FPN"))
     torch.save({"model": state}, tmp_path / "model.pth")
     zoo = {"model": {k: v.numpy() for k, v in state.items()}, "__author__": "Detectron2 Model Zoo"}
     (tmp_path / "model.pkl").write_bytes(pickle.dumps(zoo, protocol=2))
@@ -129,13 +122,7 @@ def test_a_pkl_that_names_code_is_refused_and_runs_nothing(tmp_path: Path) -> No
 
 
 def test_wrong_class_names_and_missing_tag_are_named(tmp_path: Path) -> None:
-    record = json.loads((FIXTURE / "faster_rcnn_R_50_C4.json").read_text())
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("w", FIXTURE / "synthetic_weights.py")
-    weights = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(weights)
-    torch.save({"model": weights.synthetic_state(record["recipe"])}, tmp_path / "m.pth")
+    torch.save({"model": detectron2_state(record("faster_rcnn_R_50_C4"))}, tmp_path / "m.pth")
     result = CliRunner().invoke(
         app, ["weights", "import", str(tmp_path / "m.pth"), "--format", "detectron2"]
     )  # COCO's 80 names for a 3-class detector

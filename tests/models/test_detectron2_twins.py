@@ -9,8 +9,6 @@ detectron2.
 
 from __future__ import annotations
 
-import importlib.util
-import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from detectron2_fixture import FIXTURE, detectron2_state, record
 from pycocotools import mask as mask_utils
 from torchvision.ops import box_iou
 from typer.testing import CliRunner
@@ -27,17 +26,7 @@ from resdet.experiments.common import config_from_checkpoint
 from resdet.experiments.configs import DetExperiment
 from resdet.experiments.detection import build_model
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "detectron2"
 MODELS = ["faster_rcnn_R_50_C4", "faster_rcnn_R_50_FPN", "mask_rcnn_R_50_FPN"]
-
-
-def _recipes():
-    spec = importlib.util.spec_from_file_location(
-        "synthetic_weights", FIXTURE / "synthetic_weights.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(autouse=True)
@@ -71,11 +60,11 @@ def twins(ours: dict, theirs: dict) -> list[tuple[int, int]]:
     return pairs
 
 
-def imported(tmp_path: Path, record: dict) -> tuple[DetExperiment, dict]:
+def imported(tmp_path: Path, recorded: dict) -> tuple[DetExperiment, dict]:
     """The fixture's detectron2 weights saved as a detectron2 checkpoint and imported through
     the CLI: (the checkpoint's config, its state)."""
     checkpoint = tmp_path / "model_final.pth"
-    torch.save({"model": _recipes().synthetic_state(record["recipe"])}, checkpoint)
+    torch.save({"model": detectron2_state(recorded)}, checkpoint)
     out = tmp_path / "imported.pt"
     result = CliRunner().invoke(
         app,
@@ -86,9 +75,11 @@ def imported(tmp_path: Path, record: dict) -> tuple[DetExperiment, dict]:
     return config_from_checkpoint(out, DetExperiment, "det")
 
 
-def run_on(cfg: DetExperiment, state: dict, record: dict, index: int) -> tuple[torch.Tensor, dict]:
+def run_on(
+    cfg: DetExperiment, state: dict, recorded: dict, index: int
+) -> tuple[torch.Tensor, dict]:
     """(proposals [P, 4], detections) of the imported detector on fixture image ``index``."""
-    bgr = cv2.imread(str(FIXTURE / record["images"][index]))
+    bgr = cv2.imread(str(FIXTURE / recorded["images"][index]))
     height, width = bgr.shape[:2]
     # At its own size, so neither library resizes (their resize filters differ).
     sized = replace(
@@ -98,11 +89,11 @@ def run_on(cfg: DetExperiment, state: dict, record: dict, index: int) -> tuple[t
             min_size=(min(height, width),),
             max_size=max(height, width),
             rpn_post_nms_top_n_test=int(
-                record["overrides"].get("MODEL.RPN.POST_NMS_TOPK_TEST", 1000)
+                recorded["overrides"].get("MODEL.RPN.POST_NMS_TOPK_TEST", 1000)
             ),
         ),
     )
-    model = build_model(sized, record["num_classes"], backbone_weights=None)
+    model = build_model(sized, recorded["num_classes"], backbone_weights=None)
     model.load_state_dict(state["model"])
     model.eval()
     image = torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1) / 255
@@ -114,11 +105,11 @@ def run_on(cfg: DetExperiment, state: dict, record: dict, index: int) -> tuple[t
 
 @pytest.mark.parametrize("name", MODELS)
 def test_detectron2_detector_gives_detectron2s_detections(tmp_path: Path, name: str) -> None:
-    record = json.loads((FIXTURE / f"{name}.json").read_text())
-    cfg, state = imported(tmp_path, record)
-    for index, image_name in enumerate(record["images"]):
-        proposals, ours = run_on(cfg, state, record, index)
-        theirs = record["outputs"][index]
+    recorded = record(name)
+    cfg, state = imported(tmp_path, recorded)
+    for index, image_name in enumerate(recorded["images"]):
+        proposals, ours = run_on(cfg, state, recorded, index)
+        theirs = recorded["outputs"][index]
         top = torch.tensor(theirs["proposals"])
         found = box_iou(top, proposals[: len(top) + 10]).max(dim=1).values > 0.999
         assert found.float().mean() >= 0.98, f"{image_name}: proposals {found.float().mean():.3f}"
@@ -136,11 +127,11 @@ def test_detectron2_detector_gives_detectron2s_detections(tmp_path: Path, name: 
 
 def test_torchvisions_conventions_do_not_give_detectron2s_detections(tmp_path: Path) -> None:
     """The twin check can fail: the same weights under torchvision's RoIAlign and anchors."""
-    record = json.loads((FIXTURE / "faster_rcnn_R_50_FPN.json").read_text())
-    cfg, state = imported(tmp_path, record)
+    recorded = record("faster_rcnn_R_50_FPN")
+    cfg, state = imported(tmp_path, recorded)
     torchvision_ways = replace(
         cfg, model=replace(cfg.model, roi_aligned=False, anchor_rounding=True, roi_sampling_ratio=2)
     )
-    _, ours = run_on(torchvision_ways, state, record, 0)
+    _, ours = run_on(torchvision_ways, state, recorded, 0)
     with pytest.raises(AssertionError, match="has no twin"):
-        twins(ours, record["outputs"][0])
+        twins(ours, recorded["outputs"][0])
