@@ -1,4 +1,5 @@
-"""The model registry: every backbone by name, its facts, and ``create_model``."""
+"""The model registry: every backbone by name and its facts (``create_model``, which builds
+them with weights, is in ``resdet.models.api``)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ Family = Literal["imagenet", "cifar"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a registered name stands for; ``variant()`` adds the layout choices."""
+    """What a registered name stands for; ``resolve_variant`` adds the layout choices."""
 
     name: str
     family: Family

@@ -13,7 +13,7 @@ from resdet.models.weights import find_weights
 
 
 @pytest.mark.parametrize(("head", "task"), [("c4", "det"), ("fpn", "segm")])
-def test_coco_format_train_eval_predict_resume(tmp_path, head, task):
+def test_coco_train_eval_predict_resume(tmp_path, head, task):
     root = write_tiny_coco(tmp_path / "coco", n_images=4, with_masks=True)
     out = tmp_path / "run"
     common = ["--backbone", "resnet18", "--head", head, "--task", task, "--data-dir", root, *TINY]

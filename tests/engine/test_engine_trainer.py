@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -223,8 +224,16 @@ def test_gradient_accumulation_consumes_several_batches_per_step(tmp_path: Path)
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_mixed_precision_trains_and_resumes(tmp_path: Path, amp: str) -> None:
     trainer = build(tmp_path, amp=amp, max_iters=6)
+    seen = []  # what the model's forward ran under
+    trainer.model.register_forward_hook(
+        lambda module, inputs, output: seen.append(
+            (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))
+        )
+    )
     trainer.fit()
-    assert all(r["loss"] == r["loss"] for r in records(tmp_path) if r["type"] == "train")
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    assert seen and all(entry == (True, dtype) for entry in seen[:6])  # the training steps
+    assert all(math.isfinite(r["loss"]) for r in records(tmp_path) if r["type"] == "train")
     resumed = build(tmp_path, amp=amp, max_iters=8)
     resumed.resume(tmp_path / "last.pt")
     assert resumed.scaler.state_dict() == trainer.scaler.state_dict()
