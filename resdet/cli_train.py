@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from resdet.cli_common import console, fail, run_entry
+from resdet.experiments.recipes import cls_recipe, det_recipe, recipe_file
 
 ConfigOpt = Annotated[
     Path | None,
@@ -52,25 +52,6 @@ OverwriteOpt = Annotated[
 SetOpt = Annotated[
     list[str] | None, typer.Option("--set", help="Override any config key: --set optim.lr=0.05")
 ]
-
-
-def packaged_config(relative: str) -> Path | None:
-    """A recipe shipped in ``resdet/configs`` (None when there is no such file)."""
-    path = Path(str(resources.files("resdet") / "configs" / relative))
-    return path if path.is_file() else None
-
-
-def recipe_file(config: Path | None, task: str) -> Path | None:
-    """``config`` itself when it is a file, else the packaged recipe ``<task>/<config>.yaml``."""
-    if config is None or config.is_file():
-        return config
-    packaged = packaged_config(f"{task}/{config}.yaml".replace(".yaml.yaml", ".yaml"))
-    if packaged is None:
-        raise fail(
-            f"config {config} is neither a file nor a packaged recipe (resdet/configs/{task}/); "
-            "e.g. detectron2/faster_rcnn_R_50_FPN_1x"
-        )
-    return packaged
 
 
 def common_overrides(
@@ -171,15 +152,14 @@ def train_cls(
 
     check_fresh_or_resumed(resume, overwrite)
     family = "cifar_" if dataset in ("cifar10", "digits") else ""
-    recipe = "imagenet" if dataset.startswith("folder:") else dataset
     net = f"{'plain' if plain else 'resnet'}{depth}" if depth is not None else None
     overrides = [f"data.dataset={dataset}"]
-    config = recipe_file(config, "cls")
-    if config is None and resume is None:
-        config = packaged_config(f"cls/{recipe}_{net}.yaml") if net else None
-        config = config or packaged_config(f"cls/{recipe}_base.yaml")
-        if config is None:
-            raise fail(f"no packaged recipe for {dataset!r}; pass --config FILE")
+    try:
+        config = recipe_file(config, "cls")
+        if config is None and resume is None:
+            config = cls_recipe(dataset, net)
+    except ValueError as error:
+        raise fail(str(error)) from None
     if net is not None:
         overrides.append(f"model.name={family}{net}")
     elif plain:
@@ -218,32 +198,6 @@ def train_cls(
             console.print(f"weights stored as {cfg.model.name}:{result.weights_tag}")
 
     run_entry(job)
-
-
-def det_recipe(dataset: str, backbone: str | None, head: str | None, *, masks: bool) -> Path:
-    """The packaged recipe for a data set, backbone and head.
-
-    ``det/<set>_<faster|mask>_rcnn_r<depth>_<head>.yaml`` when there is one (the head defaults
-    to the paper's C4 for boxes, FPN for masks), else the data set's ``_base`` file, whose
-    backbone and head the options then replace.
-    """
-    if dataset == "shapes":
-        recipe = packaged_config(f"det/shapes{'_segm' if masks else ''}.yaml")
-    else:
-        family = "coco_format" if dataset.startswith("coco-format:") else dataset
-        family = "voc0712" if family.startswith("voc") else family
-        kind = "mask" if masks else "faster"
-        head = head or ("fpn" if masks else "c4")
-        depth = (
-            backbone.removeprefix("resnet") if backbone and backbone.startswith("resnet") else None
-        )
-        specific = f"det/{family}_{kind}_rcnn_r{depth}_{head}.yaml" if depth else None
-        recipe = (specific and packaged_config(specific)) or packaged_config(
-            f"det/{family}_base.yaml"
-        )
-    if recipe is None:
-        raise fail(f"no packaged recipe for {dataset!r}; pass --config FILE")
-    return recipe
 
 
 def train_det(
@@ -286,9 +240,12 @@ def train_det(
     check_fresh_or_resumed(resume, overwrite)
     if task not in ("det", "segm"):
         raise fail(f"--task must be det or segm, got {task!r}")
-    config = recipe_file(config, "det")
-    if config is None and resume is None:
-        config = det_recipe(dataset, backbone, head, masks=task == "segm")
+    try:
+        config = recipe_file(config, "det")
+        if config is None and resume is None:
+            config = det_recipe(dataset, backbone, head, masks=task == "segm")
+    except ValueError as error:
+        raise fail(str(error)) from None
     overrides = [f"data.dataset={dataset}"]
     if task == "segm":
         overrides.append("model.masks=true")
