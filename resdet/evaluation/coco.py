@@ -31,6 +31,8 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision.ops import box_convert
 
+from resdet.evaluation.boxes import to_original_pixels
+
 IouType = Literal["bbox", "segm"]
 
 # The order of pycocotools' COCOeval.summarize() (its `stats` array).
@@ -191,13 +193,13 @@ class CocoEvaluator:
                 f"image {image_id}: 'segm' is evaluated but the model output has no 'masks'; "
                 "use a Mask R-CNN model or evaluate iou_types=('bbox',)"
             )
-        boxes = output["boxes"].detach().float().cpu()
-        if len(boxes) == 0:
+        if len(output["boxes"]) == 0:
             return []
-        h0, w0 = (int(v) for v in target["orig_size"])
-        h, w = _model_image_size(image_id, target, output)
-        scale = torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
-        xywh = box_convert(boxes * scale, "xyxy", "xywh").tolist()
+        orig_size = tuple(int(v) for v in target["orig_size"])
+        boxes = to_original_pixels(
+            output["boxes"], _model_image_size(image_id, target, output), orig_size
+        )
+        xywh = box_convert(boxes, "xyxy", "xywh").tolist()
         scores = output["scores"].detach().float().cpu().tolist()
         labels = output["labels"].detach().cpu().tolist()
         entries = [
@@ -205,7 +207,7 @@ class CocoEvaluator:
             for box, label, s in zip(xywh, labels, scores, strict=True)
         ]
         if "segm" in self.iou_types:
-            for entry, rle in zip(entries, _encode_masks(output["masks"], (h0, w0)), strict=True):
+            for entry, rle in zip(entries, _encode_masks(output["masks"], orig_size), strict=True):
                 entry["segmentation"] = rle
         return entries
 

@@ -18,6 +18,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import torch
 
+from resdet.evaluation.boxes import to_original_pixels
 from resdet.evaluation.coco import gather_per_image
 
 VocMetric = Literal["voc07", "voc12"]
@@ -208,11 +209,10 @@ class VocEvaluator:
                     f"image {image_id} is not in the evaluator's ground truth; build the "
                     "VocEvaluator from the same split as the data loader"
                 )
-            h, w = (int(v) for v in target["size"])
-            h0, w0 = (int(v) for v in target["orig_size"])
-            scale = torch.tensor([w0 / w, h0 / h, w0 / w, h0 / h])
+            size = tuple(int(v) for v in target["size"])
+            orig_size = tuple(int(v) for v in target["orig_size"])
             to_voc = torch.tensor([1.0, 1.0, 0.0, 0.0])
-            boxes = (output["boxes"].detach().float().cpu() * scale + to_voc).tolist()
+            boxes = (to_original_pixels(output["boxes"], size, orig_size) + to_voc).tolist()
             labels = output["labels"].detach().cpu().tolist()
             scores = output["scores"].detach().float().cpu().tolist()
             self._per_image[image_id] = [
