@@ -225,7 +225,12 @@ def weights_import(
             return
         if fmt != "detectron2":
             raise ValueError(f"--format {fmt!r} is not supported; use torchvision or detectron2")
-        stds = tuple(float(v) for v in pixel_std.split(","))
+        try:
+            stds = tuple(float(v) for v in pixel_std.split(","))
+        except ValueError:
+            raise ValueError(
+                f"--pixel-std {pixel_std!r} should be three numbers, e.g. 58.395,57.12,57.375"
+            ) from None
         done = import_detectron2(
             path,
             tag=tag,

@@ -22,7 +22,7 @@ import torch
 from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from resdet.data.images import SkipCounter, decode_rgb, unreadable_error
+from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
 from resdet.data.samplers import split_key
 
 # Keys of ``dataset.stats``: what the set holds and what annotation cleaning changed, counted
@@ -352,8 +352,10 @@ class DetectionDataset(Dataset):
         """Width / height of every image, in dataset order, from the annotations (no decoding)."""
         return [r.width / r.height for r in self.records]
 
-    def _decode(self, record: ImageRecord) -> np.ndarray | None:
-        """The record's image, or None once a skippable unreadable one is warned and counted."""
+    def _decode(self, index: int) -> np.ndarray | None:
+        """Record ``index``'s image, or None once a skippable unreadable one is warned and
+        counted."""
+        record = self.records[index]
         image = decode_rgb(record.path)
         if image is None:
             if self.strict or not self.train:
@@ -366,13 +368,8 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict[str, Any]]:
         index, seed = split_key(key, len(self))
-        for step in range(len(self)):
-            record = self.records[(index + step) % len(self)]
-            image = self._decode(record)
-            if image is not None:
-                break
-        else:
-            raise RuntimeError(f"no image of this data set could be decoded ({record.path}, ...)")
+        used, image = first_readable(index, len(self), self._decode, "this data set")
+        record = self.records[used]
         masks = None
         if self.with_masks:
             segmentations = record.segmentations or ()

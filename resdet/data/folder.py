@@ -23,7 +23,7 @@ from resdet.data.cls_transforms import (
     to_chw_tensor,
     to_unit_float,
 )
-from resdet.data.images import SkipCounter, decode_rgb, unreadable_error
+from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
 
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -170,12 +170,8 @@ class ImageFolderDataset(Dataset):
         Returns (image, label); the image as ``transform`` describes.
         """
         index, rng = parse_key(key, len(self))
-        for step in range(len(self)):
-            candidate = (index + step) % len(self)
-            image = self.read_rgb(candidate)
-            if image is not None:
-                return self.transform(image, rng), int(self.labels[candidate])
-        raise RuntimeError(f"no image under {self.root} could be decoded")
+        used, image = first_readable(index, len(self), self.read_rgb, self.root)
+        return self.transform(image, rng), int(self.labels[used])
 
     def transform(
         self, image: np.ndarray, rng: np.random.Generator

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import multiprocessing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -58,6 +59,20 @@ class SkipCounter:
             "file, or pass --strict to stop at the first one)",
             stacklevel=3,
         )
+
+
+def first_readable(
+    index: int, count: int, read: Callable[[int], np.ndarray | None], where: object
+) -> tuple[int, np.ndarray]:
+    """``(i, image)`` for the first of ``index, index + 1, ...`` (wrapping at ``count``) that
+    ``read`` decodes; ``read`` returns None for a file it skipped. RuntimeError naming ``where``
+    when none decodes."""
+    for step in range(count):
+        candidate = (index + step) % count
+        image = read(candidate)
+        if image is not None:
+            return candidate, image
+    raise RuntimeError(f"no image of {where} could be decoded")
 
 
 def unreadable_error(path: Path, why: str) -> ValueError | FileNotFoundError:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -89,15 +89,9 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         box_score_thresh=m.box_score_thresh,
         box_nms_thresh=m.box_nms_thresh,
         box_detections_per_img=m.box_detections_per_img,
+        # The config keeps each convention under the same name as RCNNConventions.
         conventions=RCNNConventions(
-            roi_aligned=m.roi_aligned,
-            roi_sampling_ratio=m.roi_sampling_ratio,
-            anchor_rounding=m.anchor_rounding,
-            size_divisible=m.size_divisible,
-            rpn_box_loss_beta=m.rpn_box_loss_beta,
-            roi_box_loss_beta=m.roi_box_loss_beta,
-            head_init=m.head_init,
-            mask_paste=m.mask_paste,
+            **{f.name: getattr(m, f.name) for f in fields(RCNNConventions)}
         ),
         train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
     )

@@ -9,7 +9,7 @@ it gives detectron2's detections from the same weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -96,7 +96,6 @@ def detectron2_experiment(
     layout: Detectron2Layout, dataset: str, stride_in_1x1: bool
 ) -> DetExperiment:
     """A detection config that builds ``layout`` as detectron2 builds and tests it."""
-    d2 = RCNNConventions.detectron2(layout.head)
     c4 = layout.head == "c4"
     model = DetModelConfig(
         backbone=layout.arch,
@@ -112,14 +111,7 @@ def detectron2_experiment(
         rpn_post_nms_top_n_train=2000 if c4 else 1000,
         rpn_pre_nms_top_n_test=6000 if c4 else 1000,
         rpn_post_nms_top_n_test=1000,
-        roi_sampling_ratio=d2.roi_sampling_ratio,
-        roi_aligned=d2.roi_aligned,
-        anchor_rounding=d2.anchor_rounding,
-        size_divisible=d2.size_divisible,
-        rpn_box_loss_beta=d2.rpn_box_loss_beta,
-        roi_box_loss_beta=d2.roi_box_loss_beta,
-        head_init=d2.head_init,
-        mask_paste=d2.mask_paste,
+        **asdict(RCNNConventions.detectron2(layout.head)),
     )
     base = DetExperiment()
     return replace(

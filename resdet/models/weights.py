@@ -186,11 +186,15 @@ def choose_imagenet_weights(arch: str) -> tuple[WeightEntry | None, str]:
         return error, -datetime.fromisoformat(entry.date).timestamp()
 
     best = min(entries, key=rank)
-    of = f"of {len(entries)} ImageNet entries" if len(entries) > 1 else "the only ImageNet entry"
-    if "top1_err" in best.metrics:
-        why = f"the lowest recorded top-1 error ({best.metrics['top1_err']:.2%}) {of}"
+    if len(entries) == 1:
+        why = "the only ImageNet entry"
+    elif "top1_err" in best.metrics:
+        why = (
+            f"the lowest recorded top-1 error ({best.metrics['top1_err']:.2%}) of "
+            f"{len(entries)} ImageNet entries"
+        )
     else:
-        why = f"the newest {of} (none records a top-1 error)" if len(entries) > 1 else of
+        why = f"the newest of {len(entries)} ImageNet entries (none records a top-1 error)"
     return best, why + "; `resdet weights default` fixes the choice"
 
 
