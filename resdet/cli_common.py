@@ -45,7 +45,7 @@ def run_entry(job: Callable[[], None]) -> None:
     sidesteps torch's gloo teardown abort at interpreter exit.
     """
     from resdet.engine import distributed
-    from resdet.engine.trainer import NonFiniteLossError
+    from resdet.engine.progress import NonFiniteLossError
 
     def guarded() -> None:
         try:

@@ -26,7 +26,9 @@ from resdet.engine.distributed import (
     run_and_exit,
 )
 from resdet.engine.evaluate import inference
+from resdet.engine.hooks import Hook
 from resdet.engine.optim import build_sgd
+from resdet.engine.progress import NonFiniteLossError
 from resdet.engine.schedule import (
     CosineSchedule,
     PlateauSchedule,
@@ -34,10 +36,11 @@ from resdet.engine.schedule import (
     StepSchedule,
     Warmup,
 )
-from resdet.engine.trainer import NonFiniteLossError, Trainer
+from resdet.engine.trainer import Trainer
 
 __all__ = [
     "CosineSchedule",
+    "Hook",
     "NonFiniteLossError",
     "PlateauSchedule",
     "Schedule",

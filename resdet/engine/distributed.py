@@ -86,8 +86,8 @@ def init_distributed(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
-def all_reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
-    """Mean of each value over all ranks (every rank must pass the same keys in the same order).
+def all_reduce_sum(values: Mapping[str, float]) -> dict[str, float]:
+    """Sum of each value over all ranks (every rank must pass the same keys in the same order).
 
     One collective for the whole dict; without a process group the values are returned as they
     are.
@@ -101,8 +101,13 @@ def all_reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
     )
     packed = torch.tensor(list(values.values()), dtype=torch.float64, device=device)
     dist.all_reduce(packed, op=dist.ReduceOp.SUM)
-    means = (packed / get_world_size()).tolist()
-    return dict(zip(values.keys(), means, strict=True))
+    return dict(zip(values.keys(), packed.tolist(), strict=True))
+
+
+def all_reduce_mean(values: Mapping[str, float]) -> dict[str, float]:
+    """Mean of each value over all ranks, as ``all_reduce_sum`` (one collective)."""
+    world = get_world_size()
+    return {key: total / world for key, total in all_reduce_sum(values).items()}
 
 
 def broadcast_from_main(value: T) -> T:

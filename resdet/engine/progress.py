@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -164,6 +165,10 @@ class TrainProgress:
         self.console.print(f"eval @ iter {record['iter']}: {metrics}", highlight=False)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; no checkpoint was written from that state."""
+
+
 class PeriodMeter:
     """Means of the logged entries and throughput over one log period.
 
@@ -193,6 +198,28 @@ class PeriodMeter:
             self.first_bad.masked_fill_(bad & (self.first_bad < 0), iteration)
         self.iters += 1
         self.images += images
+
+    def raise_if_non_finite(self, kept: str) -> None:
+        """Raise ``NonFiniteLossError`` if a loss of this period, on any rank, was not finite.
+
+        Collective: the earliest bad iteration of all ranks, so that all ranks stop together.
+        ``kept`` says which checkpoint is the last good one.
+        """
+        first_bad = self.first_bad
+        if dist.is_available() and dist.is_initialized():
+            never = torch.iinfo(torch.int64).max
+            first_bad = torch.where(first_bad < 0, never, first_bad)
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            first_bad = torch.where(first_bad == never, -1, first_bad)
+        bad_iter = int(first_bad.item())
+        if bad_iter < 0:
+            return
+        means = ", ".join(f"{key}={value:.4g}" for key, value in self.means().items())
+        raise NonFiniteLossError(
+            f"non-finite loss at iteration {bad_iter} (means since the last log: {means}); "
+            f"stopped before writing a checkpoint from this state: {kept}. Lower the learning "
+            "rate, set clip_grad_norm, add warm-up, or use amp bf16 instead of fp16"
+        )
 
     def means(self) -> dict[str, float]:
         """Mean of each entry over the period (reads the device)."""

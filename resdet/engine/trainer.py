@@ -12,7 +12,7 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -32,12 +32,16 @@ from resdet.engine.checkpoint import (
 )
 from resdet.engine.distributed import StopSignals
 from resdet.engine.evaluate import AMP_DTYPES, AmpMode, autocast
+from resdet.engine.hooks import (
+    Evaluation,
+    Hook,
+    PeriodicCheckpoint,
+    ScheduleFeedback,
+    check_period,
+)
+from resdet.engine.losses import total_loss
 from resdet.engine.progress import MetricsLog, PeriodMeter, TrainProgress
 from resdet.engine.schedule import Schedule
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; no checkpoint was written from that state."""
 
 
 class Trainer:
@@ -67,6 +71,8 @@ class Trainer:
             or variant signature), ``dataset``; ``task`` and ``model`` must match on resume.
         find_unused_parameters: passed to ``DistributedDataParallel`` (detectors whose heads
             skip parameters on some batches need it).
+        hooks: extensions called around each step (``resdet.engine.hooks``); they run after the
+            schedule's feedback and before the checkpoint and evaluation hooks the trainer adds.
 
     A process group (torchrun) wraps the model in ``DistributedDataParallel``; rank 0 writes
     the files. A non-finite loss stops the run before any checkpoint of the poisoned state is
@@ -97,19 +103,16 @@ class Trainer:
         evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
         checkpoint_meta: Mapping[str, Any] | None = None,
         find_unused_parameters: bool = False,
+        hooks: Sequence[Hook] = (),
     ) -> None:
         if amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {sorted(AMP_DTYPES)}, got {amp!r}")
         for name, value in (("max_iters", max_iters), ("grad_accum", grad_accum)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in (
-            ("log_period", log_period),
-            ("eval_period", eval_period),
-            ("checkpoint_period", checkpoint_period),
-        ):
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (or None where allowed), got {value}")
+        check_period("eval_period", eval_period)  # checked even when there is no evaluation
+        if log_period < 1:
+            raise ValueError(f"log_period must be >= 1, got {log_period}")
         self.device = distributed.resolve_device(device)
         if amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ValueError(f"{torch.cuda.get_device_name(self.device)} has no bf16: use amp fp16")
@@ -135,9 +138,15 @@ class Trainer:
         self.grad_accum = grad_accum
         self.clip_grad_norm = clip_grad_norm
         self.log_period = log_period
-        self.eval_period = eval_period
-        self.checkpoint_period = checkpoint_period
-        self.evaluate = evaluate
+        self.hooks: list[Hook] = [
+            ScheduleFeedback(schedule),
+            *hooks,
+            PeriodicCheckpoint(checkpoint_period),
+            *([Evaluation(evaluate, eval_period)] if evaluate is not None else []),
+        ]
+        names = [hook.name for hook in self.hooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"hook names must be unique (they key checkpoint state), got {names}")
 
         self.out_dir = Path(out_dir)
         self.checkpoint_path = self.out_dir / "last.pt"
@@ -146,12 +155,13 @@ class Trainer:
 
         self.iteration = 0
         self.last_eval: dict[str, float] = {}
-        self._evaluated_at: int | None = None
+        self.evaluated_at: int | None = None  # iteration of the last evaluation
+        self.saved_at: int | None = None  # iteration of the last checkpoint written
+        self._finite_at: int | None = None  # iteration whose losses were last checked
         self._lr = schedule.lr_at(0)
         self._meter = PeriodMeter(self.device)
         # Reading the loss every iteration is free on CPU but would stall a GPU's queue.
         self._check_every_iteration = self.device.type == "cpu"
-        self._last_checkpoint_iter: int | None = None
         self._signals = StopSignals()
         # "forward" (parameters and optimizer untouched), "update" (optimizer step) or "hooks".
         self._phase = "hooks"
@@ -171,21 +181,27 @@ class Trainer:
         self._meter.restart_clock()
         try:
             with self._progress, self._signals:
+                self._call("before_train")
                 while self.iteration < self.max_iters:
+                    self._call("before_step")
                     self._guarded_step(batches)
                     self._after_step()
-                    self._progress.update(self.iteration)
                     if self._signals.signum is not None:
                         self._stop_with_checkpoint(capture_rng_state(self.device))
-                if self.evaluate is not None and self._evaluated_at != self.iteration:
-                    # Resumed from the checkpoint written just before a final evaluation that
-                    # did not finish: evaluate now.
-                    self._run_evaluation()
-                    self._save(capture_rng_state(self.device))
+                self._call("after_train")
         finally:
             batches.close()  # shuts down this epoch's DataLoader workers
         distributed.barrier()
         return dict(self.last_eval)
+
+    @property
+    def at_end(self) -> bool:
+        """Whether the run's last step is done."""
+        return self.iteration == self.max_iters
+
+    def _call(self, event: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, event)(self)
 
     def _guarded_step(self, batches: Iterator[Any]) -> None:
         self._phase = "forward"
@@ -219,7 +235,7 @@ class Trainer:
             with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
                 with autocast(self.device, self.amp):
                     outputs = self.train_model(inputs, targets)
-                loss = self._total_loss(outputs)
+                loss = total_loss(outputs)
                 self.scaler.scale(loss / self.grad_accum).backward()
             entries.append({**outputs, "loss": loss})
             images += batch_size_of(inputs)
@@ -233,76 +249,36 @@ class Trainer:
         self.iteration += 1
         return entries, images
 
-    @staticmethod
-    def _total_loss(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        if not isinstance(outputs, Mapping):
-            raise TypeError(
-                f"in train mode the model must return a dict of losses, got {type(outputs).__name__}"
-            )
-        losses = [value for key, value in outputs.items() if key.startswith("loss")]
-        if not losses:
-            raise ValueError(
-                f"the model returned {sorted(outputs)} in train mode; at least one entry must be "
-                "a loss whose name starts with 'loss' (docs/contracts.md)"
-            )
-        return torch.stack([loss.float() for loss in losses]).sum()
-
-    # ---------------------------------------------------------------- hooks
+    # ---------------------------------------------------------------- after a step
 
     def _after_step(self) -> None:
-        it = self.iteration
-        final = it == self.max_iters
-        do_log = it % self.log_period == 0 or final
-        do_eval = self.evaluate is not None and (
-            final or (self.eval_period is not None and it % self.eval_period == 0)
-        )
-        do_checkpoint = final or (
-            self.checkpoint_period is not None and it % self.checkpoint_period == 0
-        )
-        if self._check_every_iteration or do_log or do_eval or do_checkpoint:
-            self._check_finite()
-        if do_log:
+        if self._check_every_iteration:
+            self.check_finite()
+        if self.iteration % self.log_period == 0 or self.at_end:
             self._log_train()
         started = time.perf_counter()
-        if do_eval and do_checkpoint:
-            # An evaluation can fail (out of memory, a bad annotation file): keep the trained
-            # state first; the checkpoint below then adds the evaluation's results.
-            self._save(capture_rng_state(self.device))
-        if do_eval:
-            self._run_evaluation()
-        if do_checkpoint:
-            self._save(capture_rng_state(self.device))
+        self._call("after_step")
+        # Checkpoints and evaluations are left out of the throughput.
         self._meter.exclude(time.perf_counter() - started)
+        self._progress.update(self.iteration)
 
-    def _check_finite(self) -> None:
-        first_bad = self._meter.first_bad
-        if distributed.is_distributed():
-            # The earliest bad iteration of any rank; all ranks then stop together.
-            never = torch.iinfo(torch.int64).max
-            first_bad = torch.where(first_bad < 0, never, first_bad)
-            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
-            first_bad = torch.where(first_bad == never, -1, first_bad)
-        bad_iter = int(first_bad.item())
-        if bad_iter < 0:
+    def check_finite(self) -> None:
+        """Raise ``NonFiniteLossError`` if a loss since the last check was NaN or infinite.
+
+        Collective (all ranks stop together); checked at most once per iteration.
+        """
+        if self._finite_at == self.iteration:
             return
-        means = ", ".join(f"{key}={value:.4g}" for key, value in self._meter.means().items())
-        if self._last_checkpoint_iter is None:
-            kept = "no checkpoint was written in this run"
-        else:
-            kept = f"{self.checkpoint_path} (iteration {self._last_checkpoint_iter}) is the last good one"
-        raise NonFiniteLossError(
-            f"non-finite loss at iteration {bad_iter} (means since the last log: {means}); "
-            f"stopped before writing a checkpoint from this state: {kept}. Lower the learning "
-            "rate, set clip_grad_norm, add warm-up, or use amp bf16 instead of fp16"
+        self._finite_at = self.iteration
+        self._meter.raise_if_non_finite(
+            "no checkpoint was written in this run"
+            if self.saved_at is None
+            else f"{self.checkpoint_path} (iteration {self.saved_at}) is the last good one"
         )
 
     def _log_train(self) -> None:
-        means = dict(sorted(self._meter.means().items()))
-        # Data sets that replace unreadable images count them (ImageFolderDataset.skipped).
-        skipped = getattr(self.train_loader.dataset, "skipped", None)
-        if skipped is not None:
-            means["skipped_images"] = float(skipped)
-        means = distributed.all_reduce_mean(means)
+        self.check_finite()
+        means = distributed.all_reduce_mean(dict(sorted(self._meter.means().items())))
         img_per_s, seconds_per_iter = self._meter.throughput()
         record: dict[str, Any] = {
             "type": "train",
@@ -314,26 +290,23 @@ class Trainer:
             "img_per_s": img_per_s,
             "time": seconds_per_iter,
         }
-        if skipped is not None:  # a total over all ranks, not a mean
-            record["skipped_images"] = round(
-                record["skipped_images"] * distributed.get_world_size()
-            )
-        self.schedule.observe_train(self.iteration, record)
+        for hook in self.hooks:
+            hook.on_train_record(self, record)
         self.metrics_log.write(record)
         self._progress.log_train(record)
         self._meter.reset()
 
-    def _run_evaluation(self) -> None:
-        metrics = {key: float(value) for key, value in self.evaluate(self.model).items()}
-        self.train_model.train()
-        # Every rank must take the same schedule decisions, even if only rank 0 computed metrics.
-        metrics = distributed.broadcast_from_main(metrics)
+    def record_eval(self, metrics: Mapping[str, float]) -> None:
+        """Log an evaluation's metrics (rank 0's, on every rank) and pass them to the hooks."""
+        # Every rank must take the same decisions, even if only rank 0 computed metrics.
+        metrics = distributed.broadcast_from_main(dict(metrics))
         self.last_eval = metrics
-        self._evaluated_at = self.iteration
+        self.evaluated_at = self.iteration
         record = {"type": "eval", "iter": self.iteration, **metrics}
         self.metrics_log.write(record)
         self._progress.log_eval(record)
-        self.schedule.step(metrics)
+        for hook in self.hooks:
+            hook.after_eval(self, metrics)
 
     # ---------------------------------------------------------------- checkpoints
 
@@ -350,20 +323,27 @@ class Trainer:
             "trainer": {
                 "meter": self._meter.state_dict(),
                 "last_eval": dict(self.last_eval),
-                "evaluated_at": self._evaluated_at,
+                "evaluated_at": self.evaluated_at,
             },
+            "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
         }
+
+    def save_checkpoint(self) -> None:
+        """Write ``last.pt`` (rank 0) with the state after ``iteration`` steps, RNGs included;
+        refuses (``NonFiniteLossError``) a state reached through a non-finite loss."""
+        self.check_finite()
+        self._save(capture_rng_state(self.device))
 
     def _save(self, rng: dict[str, Any]) -> None:
         if self.is_main:
             save_checkpoint(self.checkpoint_path, self._state(rng))
-        self._last_checkpoint_iter = self.iteration
+        self.saved_at = self.iteration
 
     def _stop_with_checkpoint(
         self, rng: dict[str, Any], error: BaseException | None = None
     ) -> NoReturn:
         """Save the last completed iteration (unless just saved), say where, and stop."""
-        if self._last_checkpoint_iter != self.iteration:
+        if self.saved_at != self.iteration:
             self._save(rng)
         sigterm = self._signals.signum == signal.SIGTERM
         if self.is_main:
@@ -410,7 +390,9 @@ class Trainer:
         restore_rng_state(state["rng"], self.device)
         self._meter.load_state_dict(state["trainer"]["meter"])
         self.last_eval = dict(state["trainer"]["last_eval"])
-        self._evaluated_at = state["trainer"]["evaluated_at"]
+        self.evaluated_at = state["trainer"]["evaluated_at"]
+        for hook in self.hooks:
+            hook.load_state_dict(state.get("hooks", {}).get(hook.name, {}))
         if path.resolve() == self.checkpoint_path.resolve():
-            self._last_checkpoint_iter = self.iteration
+            self.saved_at = self.iteration
         self.metrics_log.truncate_after(self.iteration)

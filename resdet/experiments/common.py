@@ -20,6 +20,7 @@ from resdet.data.summary import data_summary, summary_line
 from resdet.engine import distributed
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import AmpMode
+from resdet.engine.hooks import Hook, SkippedImages
 from resdet.engine.optim import build_sgd
 from resdet.engine.schedule import (
     CosineSchedule,
@@ -117,6 +118,9 @@ def build_trainer(
         nesterov=optim.nesterov,
         exclude_norm_and_bias_from_decay=optim.no_decay_norm,
     )
+    hooks: list[Hook] = []
+    if hasattr(loader.dataset, "skipped"):  # image folders and detection sets replace bad images
+        hooks.append(SkippedImages(lambda: loader.dataset.skipped))
     return Trainer(
         model,
         optimizer,
@@ -135,6 +139,7 @@ def build_trainer(
         evaluate=evaluate,
         checkpoint_meta=checkpoint_meta,
         find_unused_parameters=find_unused_parameters,
+        hooks=hooks,
     )
 
 

@@ -16,9 +16,11 @@ from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import trainer as trainer_module
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import inference
+from resdet.engine.hooks import Evaluation, Hook, SkippedImages
 from resdet.engine.optim import build_sgd
+from resdet.engine.progress import NonFiniteLossError
 from resdet.engine.schedule import CosineSchedule, Warmup
-from resdet.engine.trainer import NonFiniteLossError, Trainer
+from resdet.engine.trainer import Trainer
 
 
 @pytest.fixture(autouse=True)
@@ -43,6 +45,7 @@ def build(
     meta: dict[str, Any] = META,
     amp: str = "off",
     grad_accum: int = 1,
+    hooks: tuple[Any, ...] | list[Any] = (),
     **model_options: Any,
 ) -> Trainer:
     """A 24-iteration run on 64 toy images (8 batches of 8 per epoch), seeded like a real run."""
@@ -65,6 +68,7 @@ def build(
         checkpoint_period=checkpoint_period,
         evaluate=lambda model: inference(model, val_loader, ToyAccuracy(), CPU),
         checkpoint_meta=meta,
+        hooks=hooks,
     )
 
 
@@ -104,12 +108,54 @@ def test_loss_falls_and_metrics_follow_the_contract(
     assert "iter 5/60  epoch 0  loss " in out and "eval @ iter 60: top1_err" in out
 
 
-def test_skipped_images_of_the_data_set_are_logged(tmp_path: Path) -> None:
-    trainer = build(tmp_path, max_iters=5)
-    trainer.train_loader.dataset.skipped = 3  # as ImageFolderDataset counts unreadable files
+def test_hooks_run_in_order_add_to_records_and_resume_with_their_state(tmp_path: Path) -> None:
+    class Counting(Hook):
+        """Counts its steps (state kept in checkpoints) and records what it was called with."""
+
+        def __init__(self) -> None:
+            self.steps, self.events = 0, []
+
+        def before_train(self, trainer: Trainer) -> None:
+            self.events.append(("before_train", trainer.iteration))
+
+        def after_step(self, trainer: Trainer) -> None:
+            self.steps += 1
+            # Runs before the trainer's checkpoint and evaluation hooks of this iteration.
+            assert trainer.saved_at != trainer.iteration
+            assert trainer.evaluated_at != trainer.iteration
+
+        def after_eval(self, trainer: Trainer, metrics: Any) -> None:
+            self.events.append(("eval", trainer.iteration))
+
+        def after_train(self, trainer: Trainer) -> None:
+            self.events.append(("after_train", trainer.iteration))
+
+        def state_dict(self) -> dict[str, Any]:
+            return {"steps": self.steps}
+
+        def load_state_dict(self, state: Any) -> None:
+            self.steps = state["steps"]
+
+    counting, skipped = Counting(), [0]
+    hooks = [counting, SkippedImages(lambda: skipped[0])]
+    trainer = build(tmp_path, max_iters=8, hooks=hooks)
+    skipped[0] = 3  # as ImageFolderDataset counts unreadable files
     trainer.fit()
+    assert counting.events == [("before_train", 0), ("eval", 6), ("eval", 8), ("after_train", 8)]
     train = [r for r in records(tmp_path) if r["type"] == "train"]
-    assert train[-1]["skipped_images"] == 3
+    assert [r["skipped_images"] for r in train] == [3, 3]
+
+    resumed = Counting()
+    again = build(tmp_path / "b", max_iters=10, hooks=[resumed])
+    again.resume(tmp_path / "last.pt")
+    assert resumed.steps == 8  # from the checkpoint's hook state
+    again.fit()
+    assert resumed.steps == 10
+
+
+def test_hook_names_must_be_unique(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="hook names must be unique"):
+        build(tmp_path, hooks=[SkippedImages(lambda: 0), SkippedImages(lambda: 0)])
 
 
 @pytest.mark.parametrize(("workers_first", "workers_resumed"), [(0, 0), (2, 2), (0, 2)])
@@ -258,14 +304,15 @@ def test_failed_final_evaluation_keeps_the_trained_state_and_resume_evaluates(
     tmp_path: Path,
 ) -> None:
     trainer = build(tmp_path, checkpoint_period=None)
-    evaluate = trainer.evaluate
+    (evaluation,) = [hook for hook in trainer.hooks if isinstance(hook, Evaluation)]
+    evaluate = evaluation.evaluate
 
     def fails_at_the_end(model: torch.nn.Module) -> dict[str, float]:
         if trainer.iteration == trainer.max_iters:
             raise RuntimeError("out of memory")
         return evaluate(model)
 
-    trainer.evaluate = fails_at_the_end
+    evaluation.evaluate = fails_at_the_end
     with pytest.raises(RuntimeError, match="out of memory"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 24  # not lost with the eval
