@@ -92,10 +92,21 @@ def _eval_checkpoint(
 ) -> None:
     from resdet.engine.checkpoint import read_checkpoint_meta
 
-    task = read_checkpoint_meta(checkpoint).get("task")
+    meta = read_checkpoint_meta(checkpoint)
+    task = meta.get("task")
     if task == "cls":
+        from resdet.data.catalog import CLS_DATASETS, find_dataset
         from resdet.evaluation.tables import classification_table
         from resdet.experiments.classification import evaluate_checkpoint
+
+        asked = [
+            flag for flag, on in (("--ten-crop", ten_crop), ("--multi-scale", multi_scale)) if on
+        ]
+        if asked and "views" not in find_dataset(CLS_DATASETS, meta["dataset"])[0].options:
+            raise fail(
+                f"{' and '.join(asked)}: {meta['dataset']} is tested on its single view; "
+                "10-crop and multi-scale testing apply to imagenet and folder:PATH runs"
+            )
 
         metrics = evaluate_checkpoint(
             checkpoint,

@@ -1,13 +1,16 @@
 """Loading experiment configs: YAML files with one ``base:`` level plus ``key.sub=value`` overrides.
 
 Configs are frozen dataclasses (see ``resdet.experiments``). Values are converted by the field's
-type; an unknown key is an error naming the closest valid key.
+type; an unknown key is an error naming the closest valid key. A section may list keys that
+moved in ``RENAMED`` (old key -> new dotted key within the section): old files and checkpoints
+still load, with a warning that names the new key.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import logging
 import types
 import typing
 from collections.abc import Sequence
@@ -17,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 C = TypeVar("C")
+logger = logging.getLogger("resdet")
 
 
 class ConfigError(ValueError):
@@ -61,6 +65,7 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
     """``cls`` built from ``values``; missing keys (at any depth) keep the dataclass defaults."""
     if not isinstance(values, dict):
         raise ConfigError(f"{where}: expected a mapping for {cls.__name__}, got {values!r}")
+    values = _apply_renames(cls, values, where)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
@@ -76,7 +81,27 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
             # (which may differ from the section class's defaults, e.g. detection's optim).
             value = _merge(to_dict(default), value)
         kwargs[key] = _convert(hints[key], value, f"{where}: {key}")
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as error:  # a section's own checks (__post_init__)
+        raise ConfigError(f"{where}: {error}") from None
+
+
+def _apply_renames(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    renamed: dict[str, str] = getattr(cls, "RENAMED", {})
+    moved = [key for key in values if key in renamed]
+    if not moved:
+        return values
+    values = dict(values)
+    for key in moved:
+        logger.warning(
+            "%s: config key %r is now %r; read as such (rename it in the file)",
+            where,
+            key,
+            renamed[key],
+        )
+        _set_dotted(values, renamed[key], values.pop(key))
+    return values
 
 
 def _field_default(cls: type, name: str) -> Any:

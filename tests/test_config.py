@@ -28,9 +28,21 @@ def test_defaults_file_base_and_overrides(tmp_path):
 
 
 def test_round_trip(tmp_path):
-    cfg = load_config(ClsExperiment, None, ["data.train_scale=[128, 160]", "model.name=resnet18"])
+    cfg = load_config(ClsExperiment, None, ["data.views.train_scale=[224, 320]", "model.name=x"])
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(ClsExperiment, tmp_path / "c.yaml") == cfg
+
+
+def test_section_checks_name_the_file():
+    with pytest.raises(ConfigError, match=r"defaults: data: views: need crop <= train_scale"):
+        load_config(ClsExperiment, None, ["data.views.crop=300"])
+
+
+def test_renamed_keys_still_load_and_warn(caplog):
+    with caplog.at_level("WARNING", logger="resdet"):
+        cfg = load_config(ClsExperiment, None, ["data.crop_size=32", "data.test_size=40"])
+    assert (cfg.data.views.crop, cfg.data.views.test_size) == (32, 40)
+    assert "'crop_size' is now 'views.crop'" in caplog.text
 
 
 @pytest.mark.parametrize(
@@ -114,7 +126,8 @@ def test_recipes_carry_the_papers_numbers():
     for depth in (18, 34, 50, 101, 152):
         cfg = _recipe(ClsExperiment, f"cls/imagenet_resnet{depth}")
         d, o = cfg.data, cfg.optim
-        assert (d.train_scale, d.crop_size, d.test_size, d.batch_size) == (
+        v = d.views
+        assert (v.train_scale, v.crop, v.test_size, d.batch_size) == (
             (256, 480),
             224,
             256,

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import decode_jpeg
 
 from resdet.data.cifar import Cifar10
+from resdet.data.cls_transforms import ClsViews
 from resdet.data.folder import ImageFolderDataset
 from resdet.data.loader import init_worker
 
@@ -166,7 +167,9 @@ def main() -> None:
         results.append(
             (
                 "ImageFolder test ten-crop, 1 process (per CPU s)",
-                single_process(ImageFolderDataset(folder, train=False, ten_crop=True)),
+                single_process(
+                    ImageFolderDataset(folder, train=False, views=ClsViews(ten_crop=True))
+                ),
             )
         )
         results.append(

@@ -17,12 +17,13 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from resdet.data.cls_transforms import DEFAULT_VIEWS, ClsViews
 from resdet.registry import Registry
 
 __all__ = [
@@ -76,21 +77,6 @@ class DetRequest:
 CLS_DATASETS: Registry[DatasetEntry] = Registry("classification dataset", "resdet datasets")
 DET_DATASETS: Registry[DatasetEntry] = Registry("detection dataset", "resdet datasets")
 
-_IMAGE_FOLDER_OPTIONS = frozenset(
-    {"ten_crop", "train_scale", "crop", "test_size", "lighting_std", "test_scales"}
-)
-# Where users set each option: the experiment config key or the eval flag.
-_OPTION_SOURCES = {
-    "ten_crop": "--ten-crop",
-    "val_size": "data.val_size",
-    "train_scale": "data.train_scale",
-    "crop": "data.crop_size",
-    "test_size": "data.test_size",
-    "lighting_std": "data.lighting",
-    "test_scales": "--multi-scale",
-    "download": "data.download / --download",
-}
-
 
 def spelling(registry: Registry[DatasetEntry], name: str) -> str:
     """How a registered name is written: ``name``, or ``name:PATH`` for sets at a path."""
@@ -114,13 +100,8 @@ def build_cls_dataset(
     split: str,
     *,
     train: bool,
-    ten_crop: bool = False,
+    views: ClsViews = DEFAULT_VIEWS,
     val_size: int = 0,
-    train_scale: tuple[int, int] = (256, 480),
-    crop: int = 224,
-    test_size: int = 256,
-    lighting_std: float = 0.1,
-    test_scales: tuple[int, ...] = (),
     download: bool = False,
     strict: bool = False,
 ) -> Dataset:
@@ -131,25 +112,15 @@ def build_cls_dataset(
     that read no folder (``digits``, ``folder:PATH``) refuse one.
     ``split`` is cifar10's train/val/test, imagenet's train/val, digits' train/test or any
     subfolder of PATH (``PATH/<split>/<class>/*``). ``train`` switches augmentation on.
-    ``ten_crop``, ``train_scale``, ``crop``, ``test_size``, ``lighting_std`` (AlexNet PCA
-    lighting, 0 disables) and ``test_scales`` (multi-scale testing) apply to imagenet and folder
-    sets, ``val_size`` and ``download`` to
-    cifar10 (an entry's ``options`` say which); one that a set does not use is an error unless
-    it has its default value (``CLS_OPTIONS``). ``strict`` makes an unreadable image an error
-    rather than a counted skip (every set takes it). Every dataset has ``num_classes`` and
-    ``class_names`` and yields ``(float32 [3, H, W], label)``.
+    ``views`` (sizes, crops, ten-crop and multi-scale testing) apply to imagenet and folder
+    sets, ``val_size`` and ``download`` to cifar10 (an entry's ``options`` say which); one that
+    a set does not use is an error unless it has its default value (``CLS_OPTIONS``).
+    ``strict`` makes an unreadable image an error rather than a counted skip (every set takes
+    it). Every dataset has ``num_classes`` and ``class_names`` and yields
+    ``(float32 [3, H, W], label)``.
     """
     entry, path = find_dataset(CLS_DATASETS, name)
-    options = {
-        "ten_crop": ten_crop,
-        "val_size": val_size,
-        "train_scale": tuple(train_scale),
-        "crop": crop,
-        "test_size": test_size,
-        "lighting_std": lighting_std,
-        "test_scales": tuple(test_scales),
-        "download": download,
-    }
+    options = {"views": views, "val_size": val_size, "download": download}
     for option, value in options.items():
         if option not in entry.options and value != CLS_OPTIONS[option]:
             users = [
@@ -158,12 +129,23 @@ def build_cls_dataset(
                 if option in CLS_DATASETS.get(n).options
             ]
             raise ValueError(
-                f"{name} does not take {option}={value!r} ({_OPTION_SOURCES[option]}), which "
-                f"applies to {', '.join(users)}; drop it or keep its default "
-                f"{CLS_OPTIONS[option]!r}"
+                f"{name} does not take {_changed(option, value)}, which applies to "
+                f"{', '.join(users)}; drop it or keep its default"
             )
     used = {option: options[option] for option in entry.options}
     return entry.build(path, _root(name, entry, root), split, train=train, strict=strict, **used)
+
+
+def _changed(option: str, value: Any) -> str:
+    """``option=value``; for ``views``, only the fields that differ from their defaults."""
+    if option != "views":
+        return f"{option}={value!r}"
+    default = CLS_OPTIONS["views"]
+    return ", ".join(
+        f"views.{f.name}={getattr(value, f.name)!r}"
+        for f in fields(value)
+        if getattr(value, f.name) != getattr(default, f.name)
+    )
 
 
 # build_cls_dataset's options and their defaults, read from its signature (one source).
@@ -240,19 +222,19 @@ def _digits(path: None, root: None, split: str, *, train: bool, strict: bool) ->
 
 
 def _imagenet(
-    path: None, root: str, split: str, *, train: bool, strict: bool, **sizes: Any
+    path: None, root: str, split: str, *, train: bool, strict: bool, views: ClsViews
 ) -> Dataset:
     from resdet.data.folder import build_imagenet
 
-    return build_imagenet(root, split, train=train, strict=strict, **sizes)
+    return build_imagenet(root, split, train=train, strict=strict, views=views)
 
 
 def _image_folder(
-    path: str, root: None, split: str, *, train: bool, strict: bool, **sizes: Any
+    path: str, root: None, split: str, *, train: bool, strict: bool, views: ClsViews
 ) -> Dataset:
     from resdet.data.folder import build_image_folder
 
-    return build_image_folder(path, split, train=train, strict=strict, **sizes)
+    return build_image_folder(path, split, train=train, strict=strict, views=views)
 
 
 CLS_DATASETS.register(
@@ -270,7 +252,7 @@ CLS_DATASETS.register(
         _imagenet,
         "ImageNet 2012 in class folders (paper section 3.4); train/val",
         "datasets/imagenet",
-        options=_IMAGE_FOLDER_OPTIONS,
+        options=frozenset({"views"}),
     ),
 )
 CLS_DATASETS.register(
@@ -283,7 +265,7 @@ CLS_DATASETS.register(
         _image_folder,
         "PATH/<split>/<class>/<image>, ImageNet's recipe",
         takes_path=True,
-        options=_IMAGE_FOLDER_OPTIONS,
+        options=frozenset({"views"}),
     ),
 )
 

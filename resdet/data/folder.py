@@ -11,6 +11,8 @@ import torch
 from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
+    DEFAULT_VIEWS,
+    ClsViews,
     center_crop,
     lighting,
     normalize,
@@ -79,13 +81,10 @@ def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
 class ImageFolderDataset(Dataset):
     """Images in ``root/<class>/...`` as ``(image float32 [3, crop, crop], label int)`` samples.
 
-    ``train=True`` is the paper's ImageNet augmentation (section 3.4): shorter side resized to a
-    random integer in ``train_scale`` (inclusive), a random ``crop x crop`` crop, a left-right flip
-    with probability 0.5 and AlexNet PCA lighting noise with std ``lighting_std`` (0 disables it).
-    ``train=False``: shorter side resized to ``test_size`` and the centre ``crop x crop`` crop, or
-    with ``ten_crop`` the 10 views of ``cls_transforms.ten_crop`` as ``[10, 3, crop, crop]``, or
-    with ``test_scales`` a list of whole images, one per shorter side (the paper's
-    fully-convolutional multi-scale testing, ``evaluation.classification.MultiScale``).
+    ``train=True`` is the paper's ImageNet augmentation (section 3.4), ``train=False`` its test
+    views, both as ``views`` (``cls_transforms.ClsViews``) sets them: ten crops come as
+    ``[10, 3, crop, crop]`` (``cls_transforms.ten_crop``), multi-scale views as a list of whole
+    images, one per shorter side (``evaluation.classification.MultiScale``).
 
     Normalisation is per channel with ImageNet's mean/std (``cls_transforms.IMAGENET_MEAN/STD``)
     rather than the paper's per-pixel mean image: under scale augmentation a pixel position has no
@@ -105,26 +104,13 @@ class ImageFolderDataset(Dataset):
         root: str | Path,
         *,
         train: bool,
-        ten_crop: bool = False,
-        train_scale: tuple[int, int] = (256, 480),
-        crop: int = 224,
-        test_size: int = 256,
-        lighting_std: float = 0.1,
-        test_scales: tuple[int, ...] = (),
+        views: ClsViews = DEFAULT_VIEWS,
         strict: bool = False,
     ) -> None:
-        if train and (ten_crop or test_scales):
+        if train and views.test_time_only:
             raise ValueError(
                 "ten_crop and test_scales are test-time views; use them with train=False"
             )
-        if ten_crop and test_scales:
-            raise ValueError("choose ten_crop or test_scales (multi-scale testing), not both")
-        if not crop <= train_scale[0] <= train_scale[1]:
-            raise ValueError(
-                f"need crop <= train_scale[0] <= train_scale[1], got {crop}, {train_scale}"
-            )
-        if crop > test_size:
-            raise ValueError(f"crop {crop} must not exceed test_size {test_size}")
         self.root = Path(root)
         self.class_names, paths, labels = scan_class_folders(self.root)
         self.num_classes = len(self.class_names)
@@ -133,12 +119,7 @@ class ImageFolderDataset(Dataset):
         self.paths = np.array([os.fsencode(p) for p in paths])
         self.labels = np.array(labels, dtype=np.int64)
         self.train = train
-        self.ten_crop = ten_crop
-        self.train_scale = train_scale
-        self.crop = crop
-        self.test_size = test_size
-        self.lighting_std = lighting_std
-        self.test_scales = tuple(test_scales)
+        self.views = views
         self.strict = strict
         self._skips = SkipCounter()
 
@@ -178,22 +159,23 @@ class ImageFolderDataset(Dataset):
     ) -> torch.Tensor | list[torch.Tensor]:
         """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, crop, crop]``, ``[10, 3, crop, crop]`` with
         ten_crop, or with test_scales one whole image ``[3, H_s, W_s]`` per shorter side s."""
+        views = self.views
         if self.train:
-            image = random_resize_short_side(image, rng, self.train_scale)
-            image = random_hflip(random_crop(image, rng, self.crop), rng)
+            image = random_resize_short_side(image, rng, views.train_scale)
+            image = random_hflip(random_crop(image, rng, views.crop), rng)
             unit = to_unit_float(image)
-            if self.lighting_std > 0:
-                unit = lighting(unit, rng, self.lighting_std)
+            if views.lighting_std > 0:
+                unit = lighting(unit, rng, views.lighting_std)
             return to_chw_tensor(normalize(unit))
-        if self.test_scales:
+        if views.test_scales:
             return [
                 to_chw_tensor(normalize(to_unit_float(resize_short_side(image, size))))
-                for size in self.test_scales
+                for size in views.test_scales
             ]
-        image = resize_short_side(image, self.test_size)
-        if self.ten_crop:
-            return torch.from_numpy(ten_crop(normalize(to_unit_float(image)), self.crop))
-        return to_chw_tensor(normalize(to_unit_float(center_crop(image, self.crop))))
+        image = resize_short_side(image, views.test_size)
+        if views.ten_crop:
+            return torch.from_numpy(ten_crop(normalize(to_unit_float(image)), views.crop))
+        return to_chw_tensor(normalize(to_unit_float(center_crop(image, views.crop))))
 
 
 def _split_folder(root: Path, split: str, layout: str) -> Path:
@@ -216,12 +198,7 @@ def build_imagenet(
     split: str,
     *,
     train: bool | None = None,
-    ten_crop: bool = False,
-    train_scale: tuple[int, int] = (256, 480),
-    crop: int = 224,
-    test_size: int = 256,
-    lighting_std: float = 0.1,
-    test_scales: tuple[int, ...] = (),
+    views: ClsViews = DEFAULT_VIEWS,
     strict: bool = False,
 ) -> ImageFolderDataset:
     """The ImageNet ``split`` ("train" or "val") of ``root`` as an ``ImageFolderDataset``.
@@ -236,12 +213,7 @@ def build_imagenet(
     dataset = ImageFolderDataset(
         folder,
         train=split == "train" if train is None else train,
-        ten_crop=ten_crop,
-        train_scale=train_scale,
-        crop=crop,
-        test_size=test_size,
-        lighting_std=lighting_std,
-        test_scales=test_scales,
+        views=views,
         strict=strict,
     )
     if dataset.num_classes != IMAGENET_CLASSES:
@@ -258,12 +230,7 @@ def build_image_folder(
     split: str,
     *,
     train: bool,
-    ten_crop: bool = False,
-    train_scale: tuple[int, int] = (256, 480),
-    crop: int = 224,
-    test_size: int = 256,
-    lighting_std: float = 0.1,
-    test_scales: tuple[int, ...] = (),
+    views: ClsViews = DEFAULT_VIEWS,
     strict: bool = False,
 ) -> ImageFolderDataset:
     """The ``split`` subfolder of a user's ``path/<split>/<class>/<image>`` tree, with
@@ -273,11 +240,6 @@ def build_image_folder(
     return ImageFolderDataset(
         _split_folder(path, split, layout),
         train=train,
-        ten_crop=ten_crop,
-        train_scale=train_scale,
-        crop=crop,
-        test_size=test_size,
-        lighting_std=lighting_std,
-        test_scales=test_scales,
+        views=views,
         strict=strict,
     )

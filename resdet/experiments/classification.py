@@ -54,19 +54,18 @@ def build_dataset(
     ten_crop: bool = False,
     test_scales: tuple[int, ...] = (),
 ) -> Dataset:
-    """The data set of ``data`` for ``split``, with training augmentation when ``train``."""
+    """The data set of ``data`` for ``split``, with training augmentation when ``train``;
+    ``ten_crop`` and ``test_scales`` ask for those test views instead of the centre crop."""
+    views = data.views
+    if ten_crop or test_scales:
+        views = replace(views, ten_crop=ten_crop, test_scales=test_scales)
     return build_cls_dataset(
         data.dataset,
         data.root,
         split,
         train=train,
-        ten_crop=ten_crop,
-        test_scales=test_scales,
+        views=views,
         val_size=data.val_size,
-        train_scale=data.train_scale,
-        crop=data.crop_size,
-        test_size=data.test_size,
-        lighting_std=data.lighting,
         download=data.download and train,
         strict=data.strict,
     )
@@ -111,6 +110,12 @@ def train_classifier(
     Evaluates on the test split during and after training; an ImageNet run (or any run with
     ``register``) adds the final network to the weight store, tagged with the run folder's name.
     """
+    if cfg.data.views.test_time_only:
+        raise ValueError(
+            "data.views.ten_crop and data.views.test_scales are test-time views that training "
+            "does not use: evaluate a run's checkpoint with `resdet eval --ten-crop` or "
+            "`--multi-scale` instead"
+        )
     device = distributed.init_distributed(cfg.train.device)
     seed_everything(cfg.train.seed)
     prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)

@@ -7,7 +7,9 @@ for the models, data sets and trainer, which never see a config object.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from resdet.data.cls_transforms import ClsViews
 
 
 @dataclass(frozen=True)
@@ -71,11 +73,16 @@ class ClsDataConfig:
     val_size: int = 0  # CIFAR-10: hold out this many training images (paper: 5000)
     batch_size: int = 128
     workers: int = 4
-    train_scale: tuple[int, int] = (256, 480)  # ImageNet: random shorter side, pixels
-    crop_size: int = 224
-    test_size: int = 256  # ImageNet: shorter side before the centre or ten crops
-    lighting: float = 0.1  # AlexNet PCA lighting alpha std; 0 disables
+    # ImageNet and folder sets: training scale range, crop, test size, lighting (pixels)
+    views: ClsViews = field(default_factory=ClsViews)
     strict: bool = False  # an unreadable image is an error instead of a counted skip
+
+    RENAMED: ClassVar[dict[str, str]] = {
+        "train_scale": "views.train_scale",
+        "crop_size": "views.crop",
+        "test_size": "views.test_size",
+        "lighting": "views.lighting_std",
+    }
 
 
 @dataclass(frozen=True)

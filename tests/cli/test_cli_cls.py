@@ -94,7 +94,7 @@ def test_cifar_run_eval_and_exact_resume(tmp_path):
     # CIFAR-10 is tested on the single 32x32 view (paper 4.2): no 10-crop or multi-scale.
     for flag in ("--ten-crop", "--multi-scale"):
         refused = runner.invoke(app, ["eval", "--checkpoint", str(whole / "last.pt"), flag])
-        assert refused.exit_code == 2 and "cifar10 does not take" in refused.output
+        assert refused.exit_code == 2 and "cifar10 is tested on its single view" in refused.output
         assert flag in " ".join(refused.output.split())
 
     invoke("plot", whole, half, "--out", tmp_path / "curves.png")
@@ -121,13 +121,13 @@ def test_folder_run_learns_and_registers_weights(tmp_path):
         "--set",
         "model.name=cifar_resnet20",
         "--set",
-        "data.train_scale=[32,40]",
+        "data.views.train_scale=[32,40]",
         "--set",
-        "data.crop_size=32",
+        "data.views.crop=32",
         "--set",
-        "data.test_size=32",
+        "data.views.test_size=32",
         "--set",
-        "data.lighting=0",
+        "data.views.lighting_std=0",
         "--set",
         "train.eval_period=30",
         "--set",

@@ -12,6 +12,7 @@ from resdet.data.catalog import (
     find_dataset,
     spelling,
 )
+from resdet.data.cls_transforms import ClsViews
 from resdet.data.coco import CocoDetection
 from resdet.data.synthetic import write_tiny_coco
 from resdet.data.voc import VocConcat
@@ -45,14 +46,15 @@ def test_path_spelling_is_checked():
 
 
 def test_unknown_or_unused_options_are_refused():
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'crop_size'"):
-        build_cls_dataset("digits", None, "test", train=False, crop_size=24)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'crop'"):
+        build_cls_dataset("digits", None, "test", train=False, crop=24)
     with pytest.raises(
         ValueError,
-        match=r"digits does not take crop=32 \(data.crop_size\), which applies to imagenet, "
-        r"folder:PATH; drop it or keep its default 224",
+        match=r"digits does not take views.crop=32, views.test_size=300, which applies to "
+        r"imagenet, folder:PATH; drop it or keep its default",
     ):
-        build_cls_dataset("digits", None, "test", train=False, crop=32)
+        views = ClsViews(crop=32, test_size=300)
+        build_cls_dataset("digits", None, "test", train=False, views=views)
     with pytest.raises(ValueError, match=r"digits does not read a data folder \(given /data\)"):
         build_cls_dataset("digits", "/data", "test", train=False)
     with pytest.raises(ValueError, match="drop --data-dir / data.root and put the path in"):
@@ -60,7 +62,8 @@ def test_unknown_or_unused_options_are_refused():
     with pytest.raises(ValueError, match=r"coco has its own evaluation split; data.val_annot"):
         build_det_dataset("coco", None, train=False, val_annotations="/data/val.json")
     # an option at its default value is no request, whichever set it goes to
-    assert len(build_cls_dataset("digits", None, "test", train=False, crop=224)) == 360
+    same = ClsViews(crop=224)
+    assert len(build_cls_dataset("digits", None, "test", train=False, views=same)) == 360
 
 
 def test_builders_read_the_default_root_or_the_given_one(tmp_path, monkeypatch):

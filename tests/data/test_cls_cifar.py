@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from resdet.data import build_cls_dataset
 from resdet.data.cifar import Cifar10, split_indices
+from resdet.data.cls_transforms import ClsViews
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 10  # 5 batches -> 50 training images, a 1/1000 scale model of the real 50,000
@@ -154,6 +155,7 @@ def test_builder_dispatches_cifar10(cifar_root):
     assert isinstance(dataset, Cifar10) and len(dataset) == 5 and not dataset.augment
     with pytest.raises(
         ValueError,
-        match=r"cifar10 does not take ten_crop=True \(--ten-crop\), which applies to imagenet",
+        match=r"cifar10 does not take views.ten_crop=True, which applies to imagenet",
     ):
-        build_cls_dataset("cifar10", root, "test", train=False, ten_crop=True)
+        views = ClsViews(ten_crop=True)
+        build_cls_dataset("cifar10", root, "test", train=False, views=views)

@@ -1,6 +1,7 @@
 """Tests of resdet.data.folder on tiny ImageNet-layout trees of real image files."""
 
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from resdet.data import build_cls_dataset
-from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, resize_short_side
+from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, ClsViews, resize_short_side
 from resdet.data.folder import ImageFolderDataset, build_imagenet
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # the first three ImageNet classes, sorted
@@ -37,9 +38,11 @@ def tree(tmp_path):
     return make_tree(tmp_path / "imagenet")
 
 
-def small(root: Path, **options) -> ImageFolderDataset:
-    sizes = {"train_scale": (32, 40), "crop": 24, "test_size": 32}
-    return ImageFolderDataset(root, **(sizes | options))
+SMALL = ClsViews(train_scale=(32, 40), crop=24, test_size=32)
+
+
+def small(root: Path, *, train: bool, **views) -> ImageFolderDataset:
+    return ImageFolderDataset(root, train=train, views=replace(SMALL, **views))
 
 
 def test_labels_follow_sorted_class_folders(tree):
@@ -55,7 +58,7 @@ def test_known_pixel_round_trips_through_decoding_and_centre_crop(tmp_path):
     image = np.zeros((30, 40, 3), dtype=np.uint8)
     image[10, 12] = (200, 100, 50)  # RGB
     write_rgb(tmp_path / "cls" / "a.png", image)
-    dataset = ImageFolderDataset(tmp_path, train=False, crop=20, train_scale=(20, 30), test_size=30)
+    dataset = ImageFolderDataset(tmp_path, train=False, views=ClsViews((20, 30), 20, 30))
     out, label = dataset[0]
     assert out.shape == (3, 20, 20) and out.dtype == torch.float32 and label == 0
     # Centre crop offsets round(10 / 2) = 5 and round(20 / 2) = 10 (torchvision's rule).
@@ -69,7 +72,7 @@ def test_known_pixel_round_trips_through_decoding_and_centre_crop(tmp_path):
 def test_jpeg_pixels_decode_as_rgb(tmp_path):
     # A flat colour survives JPEG compression to within a couple of grey levels.
     write_rgb(tmp_path / "cls" / "a.jpg", np.full((32, 32, 3), (230, 20, 40), dtype=np.uint8))
-    dataset = ImageFolderDataset(tmp_path, train=False, crop=32, train_scale=(32, 32), test_size=32)
+    dataset = ImageFolderDataset(tmp_path, train=False, views=ClsViews((32, 32), 32, 32))
     rgb = dataset.read_rgb(0)
     assert np.abs(rgb.astype(int) - (230, 20, 40)).max() <= 3
 
@@ -96,9 +99,7 @@ def test_ten_crop_views_are_hand_computable(tree):
     np.testing.assert_allclose(
         views[5].numpy(), unit[:24, -24:][:, ::-1].transpose(2, 0, 1), atol=1e-5
     )
-    centre = dataset.__class__(
-        tree / "val", train=False, train_scale=(32, 40), crop=24, test_size=32
-    )[4][0]
+    centre = small(tree / "val", train=False)[4][0]
     assert torch.allclose(views[4], centre, atol=1e-5)
 
 
@@ -144,12 +145,12 @@ def test_multi_scale_views_are_whole_images_at_each_shorter_side(tree):
     with pytest.raises(ValueError, match="test-time views; use them with train=False"):
         small(tree / "train", train=True, test_scales=(24,))
     with pytest.raises(ValueError, match="choose ten_crop or test_scales"):
-        small(tree / "val", train=False, ten_crop=True, test_scales=(24,))
+        ClsViews(ten_crop=True, test_scales=(24,))
 
 
 def test_build_imagenet_checks_the_layout(tree, tmp_path):
     with pytest.warns(UserWarning, match="has 3 class folders, ImageNet has 1000"):
-        dataset = build_imagenet(tree, "val", crop=24, test_size=32, train_scale=(32, 40))
+        dataset = build_imagenet(tree, "val", views=SMALL)
     assert not dataset.train and len(dataset) == 6
     with pytest.raises(
         FileNotFoundError, match=r"does not exist. ImageNet is expected as ROOT/train/<wnid>"
@@ -176,20 +177,20 @@ def test_folder_errors_name_the_path(tmp_path):
     ):
         ImageFolderDataset(tmp_path, train=False)
     with pytest.raises(ValueError, match="test-time views; use them with train=False"):
-        ImageFolderDataset(tmp_path, train=True, ten_crop=True)
+        ImageFolderDataset(tmp_path, train=True, views=ClsViews(ten_crop=True))
 
 
 def test_builder_dispatches_folder_and_imagenet(tree):
-    sizes = {"train_scale": (32, 40), "crop": 24, "test_size": 32}
-    dataset = build_cls_dataset(f"folder:{tree}", None, "train", train=True, **sizes)
+    dataset = build_cls_dataset(f"folder:{tree}", None, "train", train=True, views=SMALL)
     assert isinstance(dataset, ImageFolderDataset) and dataset.train and len(dataset) == 6
     with pytest.raises(FileNotFoundError, match=r"expected .*/test/<class>/<image> files"):
-        build_cls_dataset(f"folder:{tree}", None, "test", train=False, **sizes)
+        build_cls_dataset(f"folder:{tree}", None, "test", train=False, views=SMALL)
     with pytest.warns(UserWarning, match="3 class folders"):
-        views = build_cls_dataset("imagenet", tree, "val", train=False, ten_crop=True, **sizes)
+        crops = replace(SMALL, ten_crop=True)
+        views = build_cls_dataset("imagenet", tree, "val", train=False, views=crops)
     assert views[0][0].shape == (10, 3, 24, 24)
     with pytest.raises(
-        ValueError, match=r"imagenet does not take download=True \(data.download / --download\)"
+        ValueError, match=r"imagenet does not take download=True, which applies to cifar10"
     ):
         build_cls_dataset("imagenet", tree, "val", train=False, download=True)
 
