@@ -6,9 +6,13 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:
+    from resdet.experiments.detection import DetReport
 
 console = Console()
 err_console = Console(stderr=True)
@@ -72,3 +76,15 @@ def _typer_exit_code(fn: Callable[[], None]) -> Callable[[], None]:
             sys.exit(exit_.exit_code)
 
     return wrapped
+
+
+def print_report(report: DetReport, title: str = "") -> None:
+    """A detection evaluation as rich tables: COCO AP and per-class AP, or the VOC table."""
+    from resdet.evaluation.tables import coco_table, per_class_table, voc_table
+
+    if report.voc is not None:
+        console.print(voc_table(report.voc))
+        return
+    for iou_type, result in report.coco.items():
+        console.print(coco_table(result.stats, title=f"{title} COCO {iou_type} AP (%)".strip()))
+        console.print(per_class_table(result.per_class, title=f"per-class {iou_type} AP (%)"))

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from resdet.cli_common import console, fail, run_entry
+from resdet.cli_common import console, fail, print_report, run_entry
 
 MetricOpt = Annotated[
     str | None,
@@ -119,7 +119,7 @@ def _eval_checkpoint(
         _write_json(json_out, metrics)
         return
     if task == "det":
-        from resdet.experiments.detection import evaluate_detector_checkpoint, print_report
+        from resdet.experiments.detection import evaluate_detector_checkpoint
 
         report = evaluate_detector_checkpoint(
             checkpoint,

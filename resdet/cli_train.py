@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from resdet.cli_common import console, fail, run_entry
+from resdet.cli_common import console, fail, print_report, run_entry
 from resdet.experiments.recipes import cls_recipe, det_recipe, recipe_file
 
 ConfigOpt = Annotated[
@@ -235,7 +235,7 @@ def train_det(
 ) -> None:
     """Train Faster R-CNN (or Mask R-CNN with --task segm), then print the COCO or VOC table."""
     from resdet.experiments.configs import DetExperiment
-    from resdet.experiments.detection import print_report, train_detector
+    from resdet.experiments.detection import train_detector
 
     check_fresh_or_resumed(resume, overwrite)
     if task not in ("det", "segm"):

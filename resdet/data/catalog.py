@@ -34,6 +34,7 @@ __all__ = [
     "DetRequest",
     "build_cls_dataset",
     "build_det_dataset",
+    "prepare_det_dataset",
     "find_dataset",
     "spelling",
 ]
@@ -50,6 +51,9 @@ class DatasetEntry:
     # Options beyond the common ones that the builder uses: CLS_OPTIONS names for
     # classification sets, "val_annotations" for detection sets.
     options: frozenset[str] = field(default_factory=frozenset)
+    # Generated sets: prepare(root) writes the set into root unless it is already there, so
+    # that one process of a multi-process run can make it while the others wait.
+    prepare: Callable[[str | Path], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,13 @@ def build_det_dataset(
     return entry.build(request)
 
 
+def prepare_det_dataset(name: str, root: str | Path | None) -> None:
+    """Write the detection set ``name`` into ``root`` if it is generated and missing there."""
+    entry, _ = find_dataset(DET_DATASETS, name)
+    if entry.prepare is not None:
+        entry.prepare(_root(name, entry, root))
+
+
 def _root(name: str, entry: DatasetEntry, root: str | Path | None) -> str | Path | None:
     """The folder to read ``name`` from; a root for a set that has none is refused."""
     if root is not None and entry.default_root is None:
@@ -268,6 +279,12 @@ CLS_DATASETS.register(
         options=frozenset({"views"}),
     ),
 )
+
+
+def _ensure_shapes(root: str | Path) -> Path:
+    from resdet.data.shapes import ensure_shapes
+
+    return ensure_shapes(root)
 
 
 def _shapes(r: DetRequest) -> Dataset:
@@ -353,6 +370,7 @@ DET_DATASETS.register(
         _shapes,
         "resdet's generated shapes (1,000 + 100 images, boxes and masks); made on first use",
         "datasets/shapes",
+        prepare=_ensure_shapes,
     ),
 )
 DET_DATASETS.register(

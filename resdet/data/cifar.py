@@ -117,7 +117,7 @@ class SmallImageSet(Dataset):
         return len(self.images)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
-        """``key``: index or ``(index, seed)`` (docs/contracts.md)."""
+        """``key``: index or ``(index, seed)`` (docs/design.md#samples-seeds-and-resuming)."""
         index, rng = parse_key(key, len(self))
         image = subtract_mean_image(self.images[index], self.mean_image)
         if self.augment:

@@ -1,8 +1,9 @@
 """Classification transforms on numpy HWC images (uint8 or float32, RGB), shared by the datasets.
 
 Every random transform takes an explicit ``np.random.Generator`` so that a sample's augmentation
-depends only on its seed (docs/contracts.md). Images stay ``[H, W, C]`` numpy arrays until
-``to_chw_tensor`` turns them into the ``[C, H, W]`` float32 tensors the models take.
+depends only on its seed (docs/design.md#samples-seeds-and-resuming). Images stay
+``[H, W, C]`` numpy arrays until ``to_chw_tensor`` turns them into the ``[C, H, W]`` float32
+tensors the models take.
 """
 
 from __future__ import annotations

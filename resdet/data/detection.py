@@ -5,8 +5,9 @@ construction, into `ImageRecord`s: boxes already in xyxy absolute pixels of the 
 clipped to the image, with empty, non-finite and outside boxes dropped; `AnnotationLog` counts
 every change in ``dataset.stats`` (or, with ``strict``, makes the first one an error). Images and
 masks are decoded per sample; the albumentations pipeline resizes (shorter side to ``min_size``,
-longer side capped at ``max_size``) and, in training, flips horizontally with p=0.5. Samples follow
-docs/contracts.md: ``dataset[i]`` or ``dataset[(i, seed)]`` -> ``(image, target)``.
+longer side capped at ``max_size``) and, in training, flips horizontally with p=0.5. Samples
+follow docs/design.md#samples-seeds-and-resuming: ``dataset[i]`` or ``dataset[(i, seed)]`` ->
+``(image, target)``.
 """
 
 from __future__ import annotations

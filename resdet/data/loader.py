@@ -83,7 +83,8 @@ class TrainLoader:
     """Endless stream of training batches ``(images, targets)`` that can start at any batch.
 
     Args:
-        dataset: map-style dataset accepting ``(index, seed)`` keys (docs/contracts.md).
+        dataset: map-style dataset accepting ``(index, seed)`` keys
+            (docs/design.md#samples-seeds-and-resuming).
         batch_size: images per batch on this rank; every batch is full.
         seed: the run seed; shuffle order, sample seeds and worker seeds derive from it.
         num_workers: DataLoader worker processes (0 loads in the main process).

@@ -2,8 +2,9 @@
 
 A sample's augmentation depends only on ``(run seed, epoch, index)``: the sampler yields
 ``(index, sample_seed)`` and datasets seed their random augmentation with ``sample_seed``
-(docs/contracts.md). So skipping the first batches of an epoch without loading them, changing the
-number of workers or resuming from a checkpoint never changes what a later sample looks like.
+(docs/design.md#samples-seeds-and-resuming). So skipping the first batches of an epoch without
+loading them, changing the number of workers or resuming from a checkpoint never changes what a
+later sample looks like.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 
 def split_key(key: int | tuple[int, int], length: int) -> tuple[int, int | None]:
-    """A dataset key (docs/contracts.md) as ``(index in [0, length), seed or None)``.
+    """A dataset key as ``(index in [0, length), seed or None)``.
+
+    Keys are described in docs/design.md#samples-seeds-and-resuming.
 
     ``key`` is an int index (negative counts from the end) or an ``(index, seed)`` pair, as
     ``ResumableSampler`` yields them.

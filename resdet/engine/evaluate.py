@@ -21,7 +21,7 @@ def autocast(device: torch.device, amp: AmpMode) -> torch.autocast:
 
 
 class Evaluator(Protocol):
-    """What ``inference`` needs from an evaluator (docs/contracts.md)."""
+    """What ``inference`` needs from an evaluator (docs/design.md#evaluators)."""
 
     def reset(self) -> None:
         """Forget previously processed batches."""

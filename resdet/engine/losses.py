@@ -1,4 +1,7 @@
-"""The train-mode model contract: a dict whose ``loss*`` entries are summed (docs/contracts.md)."""
+"""The train-mode model contract: a dict of entries whose ``loss*`` ones are summed.
+
+See docs/design.md#models.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,6 @@ def total_loss(outputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
     if not losses:
         raise ValueError(
             f"the model returned {sorted(outputs)} in train mode; at least one entry must be "
-            "a loss whose name starts with 'loss' (docs/contracts.md)"
+            "a loss whose name starts with 'loss' (docs/design.md#models)"
         )
     return torch.stack([loss.float() for loss in losses]).sum()

@@ -1,8 +1,8 @@
 """What a training run shows and records: a rich progress bar and ``metrics.jsonl``.
 
-``metrics.jsonl`` holds one JSON object per line (docs/contracts.md): ``{"type": "train", "iter",
-"epoch", "lr", "loss", <loss and logged entries>, "img_per_s", "time"}`` every log period and
-``{"type": "eval", "iter", <evaluator keys>}`` after each evaluation. ``time`` is the mean
+``metrics.jsonl`` holds one JSON object per line (docs/design.md#metricsjsonl):
+``{"type": "train", "iter", "epoch", "lr", "loss", <loss and logged entries>, "img_per_s",
+"time"}`` every log period and ``{"type": "eval", "iter", <evaluator keys>}`` after each evaluation. ``time`` is the mean
 wall-clock seconds per iteration over the log period.
 """
 

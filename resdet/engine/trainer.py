@@ -1,7 +1,7 @@
 """One training loop for every task: the model's losses are summed, whatever the task.
 
-Models follow docs/contracts.md: in train mode ``model(images, targets)`` returns a dict whose
-``loss*`` entries are summed and back-propagated and whose other entries are only logged.
+Models follow docs/design.md#models: in train mode ``model(images, targets)`` returns a dict
+whose ``loss*`` entries are summed and back-propagated and whose other entries are only logged.
 An iteration is one optimizer step over ``grad_accum`` batches; ``Trainer.iteration`` counts the
 completed ones, so metrics and checkpoints at iteration ``i`` describe the state after ``i`` steps.
 """
@@ -48,7 +48,8 @@ class Trainer:
     """Trains ``model`` for ``max_iters`` optimizer steps on CPU or CUDA, one or many processes.
 
     Args:
-        model: returns a dict of losses in train mode (docs/contracts.md); moved to ``device``.
+        model: returns a dict of losses in train mode (docs/design.md#models); moved to
+            ``device``.
         optimizer: built on ``model``'s parameters (``resdet.engine.optim.build_sgd``).
         schedule: sets the learning rate of every parameter group before each step.
         train_loader: the endless batch stream; classification batches are

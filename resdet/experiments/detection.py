@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from resdet.data.catalog import DET_DATASETS, VOC_SETS, build_det_dataset
+from resdet.data.catalog import VOC_SETS, build_det_dataset, prepare_det_dataset
 from resdet.data.detection import collate
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.data.samplers import aspect_ratio_groups
@@ -170,19 +170,6 @@ def report_of(evaluator: CocoEvaluator | VocEvaluator) -> DetReport:
     return DetReport(coco=dict(evaluator.last_result))
 
 
-def print_report(report: DetReport, title: str = "") -> None:
-    """COCO table(s) and per-class AP, or the VOC table, with rich."""
-    from resdet.cli_common import console
-    from resdet.evaluation.tables import coco_table, per_class_table, voc_table
-
-    if report.voc is not None:
-        console.print(voc_table(report.voc))
-        return
-    for iou_type, result in report.coco.items():
-        console.print(coco_table(result.stats, title=f"{title} COCO {iou_type} AP (%)".strip()))
-        console.print(per_class_table(result.per_class, title=f"per-class {iou_type} AP (%)"))
-
-
 def save_detections(evaluator: CocoEvaluator | VocEvaluator, dataset: Dataset, path: Path) -> None:
     """COCO results JSON at ``path``; for VOC, ``comp4_det_test_<class>.txt`` files in ``path``."""
     if isinstance(evaluator, VocEvaluator):
@@ -220,12 +207,9 @@ def train_detector(
     if from_store:
         cfg = pin_backbone_weights(cfg)
     prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
-    if cfg.data.dataset == "shapes":
-        from resdet.data.shapes import ensure_shapes
-
-        if distributed.is_main():  # one process writes the set, the others wait for it
-            ensure_shapes(cfg.data.root or DET_DATASETS.get("shapes").default_root)
-        distributed.barrier()
+    if distributed.is_main():  # one process writes a generated set, the others wait for it
+        prepare_det_dataset(cfg.data.dataset, cfg.data.root)
+    distributed.barrier()
     train_set = build_dataset(cfg, train=True)
     test_set = build_dataset(cfg, train=False)
     check_same_classes(cfg.data.dataset, train_set, test_set)

@@ -1,4 +1,4 @@
-"""A tiny dataset, model and evaluator that follow docs/contracts.md, for the engine tests."""
+"""A tiny dataset, model and evaluator that follow docs/design.md, for the engine tests."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ class ToyImages(Dataset):
     """``size`` noise images [3,8,8]; channel 0 is shifted by +0.5 for label 1, -0.5 for label 0.
 
     With an ``(index, seed)`` key the sample gets noise and a flip drawn from
-    ``np.random.default_rng(seed)``, as real datasets augment (docs/contracts.md).
+    ``np.random.default_rng(seed)``, as real datasets augment (docs/design.md).
     """
 
     def __init__(self, size: int = 64, seed: int = 0) -> None:
@@ -91,7 +91,7 @@ class ToyNet(nn.Module):
 
 
 class ToyAccuracy:
-    """Evaluator (docs/contracts.md) giving the top-1 error of logits [B, 2]."""
+    """Evaluator (docs/design.md) giving the top-1 error of logits [B, 2]."""
 
     def reset(self) -> None:
         self.wrong = 0
