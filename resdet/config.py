@@ -1,13 +1,14 @@
 """Loading experiment configs: YAML files with one ``base:`` level plus ``key.sub=value`` overrides.
 
 Configs are frozen dataclasses (see ``resdet.experiments``). Values are converted by the field's
-type; an unknown key is an error naming the closest valid key. A section may list keys that
-moved in ``RENAMED`` (old key -> new dotted key within the section): old files and checkpoints
-still load, with a warning that names the new key.
+type; an unknown key is an error naming the closest valid key. A config class may list keys that
+moved in ``RENAMED`` (old dotted key -> new dotted key): old files and checkpoints still load,
+with a warning that names the new key.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import logging
@@ -88,19 +89,18 @@ def from_dict(cls: type[C], values: dict[str, Any], where: str = "config") -> C:
 
 
 def _apply_renames(cls: type, values: dict[str, Any], where: str) -> dict[str, Any]:
+    """``values`` with the keys of ``cls.RENAMED`` (dotted, old -> new) moved to their new place."""
     renamed: dict[str, str] = getattr(cls, "RENAMED", {})
-    moved = [key for key in values if key in renamed]
-    if not moved:
-        return values
-    values = dict(values)
-    for key in moved:
-        logger.warning(
-            "%s: config key %r is now %r; read as such (rename it in the file)",
-            where,
-            key,
-            renamed[key],
-        )
-        _set_dotted(values, renamed[key], values.pop(key))
+    values = copy.deepcopy(values)
+    for old, new in renamed.items():
+        *parents, last = old.split(".")
+        node: Any = values
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or last not in node:
+            continue
+        logger.warning("%s: config key %r is now %r; read as such (rename it)", where, old, new)
+        _set_dotted(values, new, node.pop(last))
     return values
 
 

@@ -28,9 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.io import decode_jpeg
 
 from resdet.data.cifar import Cifar10
-from resdet.data.cls_transforms import ClsViews
 from resdet.data.folder import ImageFolderDataset
 from resdet.data.loader import init_worker
+from resdet.data.options import ClsViews
 
 
 def write_cifar(root: Path, num_images: int) -> None:

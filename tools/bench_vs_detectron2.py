@@ -56,6 +56,7 @@ def state_dict(head: str):
 def resdet_worker(head: str, images: int):
     import torch
 
+    from resdet.data.options import DetSizes
     from resdet.experiments.detection import build_model
     from resdet.experiments.detectron2_import import detectron2_experiment
     from resdet.models.detectron2_io import detector_state
@@ -63,7 +64,7 @@ def resdet_worker(head: str, images: int):
     layout, state = detector_state(state_dict(head))
     cfg = detectron2_experiment(layout, "coco", stride_in_1x1=True)
     # detectron2's model resizes nothing (its data loader does): test at the batch's own size.
-    cfg = replace(cfg, model=replace(cfg.model, min_size=(480,), max_size=640))
+    cfg = replace(cfg, data=replace(cfg.data, sizes=DetSizes((480,), 640, keep_empty=False)))
     model = build_model(cfg, layout.num_classes, backbone_weights=None)
     model.load_state_dict(state)
     pictures, boxes, labels = batch(images)

@@ -19,7 +19,7 @@ for amp in bf16 fp16; do
   resdet train-cls folder:bd --out "cls-$amp" $cls --set train.amp=$amp --set train.channels_last=true
 done
 det="--backbone resnet18 --device cuda --batch-size 4 --set model.backbone_weights=null
-     --set model.min_size=[120] --set model.max_size=160 --set train.eval_period=0"
+     --set data.sizes.min_size=[120] --set data.sizes.max_size=160 --set train.eval_period=0"
 resdet train-det coco --data-dir coco --head fpn --task segm --iters 10 --out det-fpn $det
 resdet train-det coco --data-dir coco --head c4 --iters 6 --out det-c4 $det --set train.checkpoint_period=3
 resdet train-det coco --resume det-c4/last.pt --iters 12

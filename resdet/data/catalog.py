@@ -23,7 +23,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from resdet.data.cls_transforms import DEFAULT_VIEWS, ClsViews
+from resdet.data.options import DEFAULT_SIZES, DEFAULT_VIEWS, ClsViews, DetSizes
 from resdet.registry import Registry
 
 __all__ = [
@@ -65,17 +65,21 @@ class DetRequest:
     root: str | Path | None
     train: bool
     with_masks: bool
-    keep_empty: bool
-    min_size: int | tuple[int, ...]
-    max_size: int
+    sizes: DetSizes
     val_annotations: str | None
     strict: bool = False  # every annotation or image problem is an error, not a counted drop
 
     @property
     def dataset_options(self) -> dict[str, Any]:
-        """``min_size``, ``max_size`` and ``strict`` as keyword arguments for the data set
-        classes."""
-        return {"min_size": self.min_size, "max_size": self.max_size, "strict": self.strict}
+        """What every detection set class takes: ``min_size`` (those of this split),
+        ``max_size``, ``keep_empty`` and ``strict``, as keyword arguments."""
+        return {
+            "min_size": self.sizes.for_split(self.train),
+            "max_size": self.sizes.max_size,
+            # Evaluation keeps every image: detections on an empty one are false positives.
+            "keep_empty": self.sizes.keep_empty or not self.train,
+            "strict": self.strict,
+        }
 
 
 CLS_DATASETS: Registry[DatasetEntry] = Registry("classification dataset", "resdet datasets")
@@ -165,17 +169,15 @@ def build_det_dataset(
     root: str | Path | None,
     *,
     train: bool,
+    sizes: DetSizes = DEFAULT_SIZES,
     with_masks: bool = False,
-    keep_empty: bool = True,
-    min_size: int | tuple[int, ...] = 800,
-    max_size: int = 1333,
     val_annotations: str | None = None,
     strict: bool = False,
 ) -> Dataset:
     """The training (``train``) or evaluation split of the registered detection set ``name``.
 
-    ``root`` as for ``build_cls_dataset``; images are resized to ``min_size`` (one value, or
-    several drawn per training image) / ``max_size``; ``with_masks`` adds instance masks;
+    ``root`` as for ``build_cls_dataset``; images are resized as ``sizes`` says (evaluation at
+    its last ``min_size``); ``with_masks`` adds instance masks;
     ``val_annotations`` is the evaluation JSON of a ``coco-format:PATH`` set; ``strict`` turns
     every dropped or clipped box and skipped image into an error.
     """
@@ -186,16 +188,7 @@ def build_det_dataset(
             "applies to coco-format:PATH only: drop it"
         )
     request = DetRequest(
-        name,
-        path,
-        _root(name, entry, root),
-        train,
-        with_masks,
-        keep_empty,
-        min_size,
-        max_size,
-        val_annotations,
-        strict,
+        name, path, _root(name, entry, root), train, with_masks, sizes, val_annotations, strict
     )
     return entry.build(request)
 
@@ -296,7 +289,6 @@ def _shapes(r: DetRequest) -> Dataset:
         train=r.train,
         root=r.root,
         with_masks=r.with_masks,
-        keep_empty=r.keep_empty,
         **r.dataset_options,
     )
 
@@ -310,7 +302,6 @@ def _coco(r: DetRequest) -> Dataset:
         split,
         train=r.train,
         with_masks=r.with_masks,
-        keep_empty=r.keep_empty,
         **r.dataset_options,
     )
 
@@ -328,7 +319,6 @@ def _coco_format(r: DetRequest) -> Dataset:
         annotations,
         train=r.train,
         with_masks=r.with_masks,
-        keep_empty=r.keep_empty,
         **r.dataset_options,
     )
 
@@ -349,7 +339,7 @@ def _voc(
         if not r.train:
             return build_voc(r.root, *test_part, train=False, **r.dataset_options)
         sets = [
-            build_voc(r.root, year, split, train=True, keep_empty=r.keep_empty, **r.dataset_options)
+            build_voc(r.root, year, split, train=True, **r.dataset_options)
             for year, split in train_parts
         ]
         return sets[0] if len(sets) == 1 else VocConcat(sets)

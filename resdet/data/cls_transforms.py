@@ -8,8 +8,6 @@ tensors the models take.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import cv2
 import numpy as np
 import torch
@@ -22,43 +20,6 @@ from resdet.data.samplers import split_key
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-
-@dataclass(frozen=True)
-class ClsViews:
-    """How an image-folder set (ImageNet, ``folder:PATH``) turns an image into network input.
-
-    Training (the paper's section 3.4): the shorter side resized to a random integer in
-    ``train_scale`` (inclusive), a random ``crop`` x ``crop`` crop, a flip, PCA lighting with
-    std ``lighting_std`` (0 disables it). Testing: the shorter side resized to ``test_size``,
-    then the centre crop, or the 10 crops with ``ten_crop``, or with ``test_scales`` whole
-    images at each of those shorter sides (fully-convolutional multi-scale testing).
-    """
-
-    train_scale: tuple[int, int] = (256, 480)  # pixels, shorter side
-    crop: int = 224  # pixels, square side
-    test_size: int = 256  # pixels, shorter side before the centre or ten crops
-    lighting_std: float = 0.1
-    ten_crop: bool = False
-    test_scales: tuple[int, ...] = ()  # pixels, shorter sides
-
-    def __post_init__(self) -> None:
-        if self.ten_crop and self.test_scales:
-            raise ValueError("choose ten_crop or test_scales (multi-scale testing), not both")
-        if not self.crop <= self.train_scale[0] <= self.train_scale[1]:
-            raise ValueError(
-                f"need crop <= train_scale[0] <= train_scale[1], got {self.crop}, "
-                f"{self.train_scale}"
-            )
-        if self.crop > self.test_size:
-            raise ValueError(f"crop {self.crop} must not exceed test_size {self.test_size}")
-
-    @property
-    def test_time_only(self) -> bool:
-        """Whether these are test-time views that a training set cannot use."""
-        return self.ten_crop or bool(self.test_scales)
-
-
-DEFAULT_VIEWS = ClsViews()
 
 # AlexNet-style PCA lighting: eigenvalues and eigenvectors (columns, RGB rows) of the covariance of
 # ImageNet RGB pixels in [0, 1] units, copied from fb.resnet.torch datasets/imagenet.lua (`pca`).

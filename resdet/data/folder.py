@@ -11,8 +11,6 @@ import torch
 from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
-    DEFAULT_VIEWS,
-    ClsViews,
     center_crop,
     lighting,
     normalize,
@@ -26,6 +24,7 @@ from resdet.data.cls_transforms import (
     to_unit_float,
 )
 from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
+from resdet.data.options import DEFAULT_VIEWS, ClsViews
 
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -82,7 +81,7 @@ class ImageFolderDataset(Dataset):
     """Images in ``root/<class>/...`` as ``(image float32 [3, crop, crop], label int)`` samples.
 
     ``train=True`` is the paper's ImageNet augmentation (section 3.4), ``train=False`` its test
-    views, both as ``views`` (``cls_transforms.ClsViews``) sets them: ten crops come as
+    views, both as ``views`` (``data.options.ClsViews``) sets them: ten crops come as
     ``[10, 3, crop, crop]`` (``cls_transforms.ten_crop``), multi-scale views as a list of whole
     images, one per shorter side (``evaluation.classification.MultiScale``).
 

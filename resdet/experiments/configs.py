@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from resdet.data.cls_transforms import ClsViews
+from resdet.data.options import ClsViews, DetSizes
+from resdet.models.conventions import RCNNConventions
+from resdet.models.rcnn_settings import RoIHeadSettings, RPNSettings
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,6 @@ class ClsDataConfig:
     views: ClsViews = field(default_factory=ClsViews)
     strict: bool = False  # an unreadable image is an error instead of a counted skip
 
-    RENAMED: ClassVar[dict[str, str]] = {
-        "train_scale": "views.train_scale",
-        "crop_size": "views.crop",
-        "test_size": "views.test_size",
-        "lighting": "views.lighting_std",
-    }
-
 
 @dataclass(frozen=True)
 class ClsExperiment:
@@ -95,6 +90,14 @@ class ClsExperiment:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     register: bool = False  # add the final weights to the weight store (always for ImageNet)
+
+    # Keys of earlier resdet versions, still read (with a warning) from files and checkpoints.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "data.train_scale": "data.views.train_scale",
+        "data.crop_size": "data.views.crop",
+        "data.test_size": "data.views.test_size",
+        "data.lighting": "data.views.lighting_std",
+    }
 
 
 @dataclass(frozen=True)
@@ -115,32 +118,11 @@ class DetModelConfig:
     frozen_bn: bool = True  # FrozenBatchNorm2d with ImageNet statistics (paper Appendix A)
     shortcut: Literal["A", "B", "C"] | None = None
     stride_in_1x1: bool | None = None
-    min_size: tuple[int, ...] = (800,)  # shorter side in pixels; several: random per image
-    max_size: int = 1333  # cap on the longer side, pixels
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)  # pixels
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512  # sampled RoIs per image
-    box_head_width: int = 1024  # FPN box head MLP width
-    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)  # FPN mask head conv widths
-    box_score_thresh: float = 0.05
-    box_nms_thresh: float = 0.5
-    box_detections_per_img: int = 100
+    rpn: RPNSettings = field(default_factory=RPNSettings)  # anchors, proposals
+    roi_heads: RoIHeadSettings = field(default_factory=RoIHeadSettings)  # sampling, widths, test
     # Where torchvision and detectron2 differ (resdet.models.conventions); torchvision's
-    # defaults, so its fasterrcnn_resnet50_fpn weights give its detections:
-    roi_sampling_ratio: int | None = None  # RoIAlign samples per bin side, 0 adaptive;
-    # None: the head's default (FPN 2, C4 0); detectron2: 0
-    roi_aligned: bool = False  # RoIAlign half-pixel shift (detectron2's ROIAlignV2): true
-    anchor_rounding: bool = True  # whole-pixel anchors, inferred strides; detectron2: false
-    size_divisible: int = 32  # pad batches to a multiple; detectron2: 32 FPN, 1 (none) C4
-    rpn_box_loss_beta: float = 1 / 9  # smooth-L1 beta of the RPN box loss; detectron2: 0 (L1)
-    roi_box_loss_beta: float = 1 / 9  # smooth-L1 beta of the RoI box loss; detectron2: 0 (L1)
-    head_init: Literal["torchvision", "detectron2"] = "torchvision"  # predictor/box-head init
-    mask_paste: Literal["torchvision", "detectron2"] = "torchvision"  # masks into the image
+    # defaults, so its fasterrcnn_resnet50_fpn weights give its detections.
+    conventions: RCNNConventions = field(default_factory=RCNNConventions)
 
 
 @dataclass(frozen=True)
@@ -153,7 +135,8 @@ class DetDataConfig:
     val_annotations: str | None = None  # coco-format only
     batch_size: int = 16  # images per step, all processes together
     workers: int = 4
-    keep_empty: bool = True  # keep training images without objects as negatives
+    # shorter side(s) and longer-side cap in pixels; keep training images without objects
+    sizes: DetSizes = field(default_factory=DetSizes)
     aspect_grouping: bool = True  # batch portrait and landscape images separately
     voc_metric: Literal["voc07", "voc12"] | None = None  # None: voc07 for VOC2007 test
     strict: bool = False  # any dropped or clipped box or unreadable image is an error
@@ -174,3 +157,31 @@ class DetExperiment:
     train: TrainConfig = field(
         default_factory=lambda: TrainConfig(iters=90000, channels_last=False)
     )
+
+    # Keys of earlier resdet versions, still read (with a warning) from files and checkpoints.
+    RENAMED: ClassVar[dict[str, str]] = {
+        "model.min_size": "data.sizes.min_size",
+        "model.max_size": "data.sizes.max_size",
+        "data.keep_empty": "data.sizes.keep_empty",
+        "model.anchor_sizes": "model.rpn.anchor_sizes",
+        "model.aspect_ratios": "model.rpn.aspect_ratios",
+        "model.rpn_pre_nms_top_n_train": "model.rpn.pre_nms_top_n_train",
+        "model.rpn_pre_nms_top_n_test": "model.rpn.pre_nms_top_n_test",
+        "model.rpn_post_nms_top_n_train": "model.rpn.post_nms_top_n_train",
+        "model.rpn_post_nms_top_n_test": "model.rpn.post_nms_top_n_test",
+        "model.rpn_batch_size_per_image": "model.rpn.batch_size_per_image",
+        "model.box_batch_size_per_image": "model.roi_heads.batch_size_per_image",
+        "model.box_head_width": "model.roi_heads.box_head_width",
+        "model.mask_head_layers": "model.roi_heads.mask_head_layers",
+        "model.box_score_thresh": "model.roi_heads.score_thresh",
+        "model.box_nms_thresh": "model.roi_heads.nms_thresh",
+        "model.box_detections_per_img": "model.roi_heads.detections_per_img",
+        "model.roi_sampling_ratio": "model.conventions.roi_sampling_ratio",
+        "model.roi_aligned": "model.conventions.roi_aligned",
+        "model.anchor_rounding": "model.conventions.anchor_rounding",
+        "model.size_divisible": "model.conventions.size_divisible",
+        "model.rpn_box_loss_beta": "model.conventions.rpn_box_loss_beta",
+        "model.roi_box_loss_beta": "model.conventions.roi_box_loss_beta",
+        "model.head_init": "model.conventions.head_init",
+        "model.mask_paste": "model.conventions.mask_paste",
+    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,26 +35,21 @@ from resdet.experiments.common import (
 )
 from resdet.experiments.configs import DetExperiment
 from resdet.experiments.run_dir import prepare_run_dir
-from resdet.models.conventions import RCNNConventions
 from resdet.models.detector import build_detector, load_detector_state
 
 
 def build_dataset(cfg: DetExperiment, *, train: bool) -> Dataset:
-    """The training (``train``) or evaluation split of ``cfg.data``, resized as ``cfg.model``
-    expects.
+    """The training (``train``) or evaluation split of ``cfg.data``, resized to ``data.sizes``.
 
-    The data pipeline resizes to the detector's own ``min_size``/``max_size`` so that the
-    model's internal resize is a no-op and decoding work stays in the loader processes.
+    The data pipeline resizes to the detector's own sizes so that the model's internal resize
+    is a no-op and decoding work stays in the loader processes.
     """
-    model = cfg.model
     return build_det_dataset(
         cfg.data.dataset,
         cfg.data.root,
         train=train,
-        with_masks=model.masks,
-        keep_empty=cfg.data.keep_empty,
-        min_size=model.min_size if train else model.min_size[-1],
-        max_size=model.max_size,
+        sizes=cfg.data.sizes,
+        with_masks=cfg.model.masks,
         val_annotations=cfg.data.val_annotations,
         strict=cfg.data.strict,
     )
@@ -74,25 +69,11 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         shortcut=m.shortcut,
         stride_in_1x1=m.stride_in_1x1,
         channels_last=cfg.train.channels_last,
-        min_size=m.min_size,
-        max_size=m.max_size,
-        anchor_sizes=m.anchor_sizes,
-        aspect_ratios=m.aspect_ratios,
-        rpn_pre_nms_top_n_train=m.rpn_pre_nms_top_n_train,
-        rpn_pre_nms_top_n_test=m.rpn_pre_nms_top_n_test,
-        rpn_post_nms_top_n_train=m.rpn_post_nms_top_n_train,
-        rpn_post_nms_top_n_test=m.rpn_post_nms_top_n_test,
-        rpn_batch_size_per_image=m.rpn_batch_size_per_image,
-        box_batch_size_per_image=m.box_batch_size_per_image,
-        box_head_width=m.box_head_width,
-        mask_head_layers=m.mask_head_layers,
-        box_score_thresh=m.box_score_thresh,
-        box_nms_thresh=m.box_nms_thresh,
-        box_detections_per_img=m.box_detections_per_img,
-        # The config keeps each convention under the same name as RCNNConventions.
-        conventions=RCNNConventions(
-            **{f.name: getattr(m, f.name) for f in fields(RCNNConventions)}
-        ),
+        min_size=cfg.data.sizes.min_size,
+        max_size=cfg.data.sizes.max_size,
+        rpn=m.rpn,
+        roi_heads=m.roi_heads,
+        conventions=m.conventions,
         train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
     )
 

@@ -9,12 +9,13 @@ it gives detectron2's detections from the same weights.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from resdet.data.catalog import VOC_SETS
+from resdet.data.options import DetSizes
 from resdet.engine.checkpoint import save_checkpoint
 from resdet.experiments.common import checkpoint_meta
 from resdet.experiments.configs import DetExperiment, DetModelConfig
@@ -29,6 +30,7 @@ from resdet.models.detectron2_io import (
     read_detectron2,
 )
 from resdet.models.factory import Variant
+from resdet.models.rcnn_settings import RPNSettings
 from resdet.models.weights import WeightEntry, add_weights
 
 
@@ -103,21 +105,22 @@ def detectron2_experiment(
         masks=layout.masks,
         backbone_weights=None,
         stride_in_1x1=stride_in_1x1,
-        min_size=(800,),
-        max_size=1333,
-        anchor_sizes=(32, 64, 128, 256, 512),
-        aspect_ratios=(0.5, 1.0, 2.0),
-        rpn_pre_nms_top_n_train=12000 if c4 else 2000,
-        rpn_post_nms_top_n_train=2000 if c4 else 1000,
-        rpn_pre_nms_top_n_test=6000 if c4 else 1000,
-        rpn_post_nms_top_n_test=1000,
-        **asdict(RCNNConventions.detectron2(layout.head)),
+        rpn=RPNSettings(
+            anchor_sizes=(32, 64, 128, 256, 512),
+            aspect_ratios=(0.5, 1.0, 2.0),
+            pre_nms_top_n_train=12000 if c4 else 2000,
+            post_nms_top_n_train=2000 if c4 else 1000,
+            pre_nms_top_n_test=6000 if c4 else 1000,
+            post_nms_top_n_test=1000,
+        ),
+        conventions=RCNNConventions.detectron2(layout.head),
     )
     base = DetExperiment()
+    sizes = DetSizes(min_size=(800,), max_size=1333, keep_empty=False)
     return replace(
         base,
         model=model,
-        data=replace(base.data, dataset=dataset, keep_empty=False),
+        data=replace(base.data, dataset=dataset, sizes=sizes),
         # channels-last is a memory order (faster convolutions on CPU), not a numerical choice
         train=replace(base.train, amp="fp32", channels_last=True),
     )

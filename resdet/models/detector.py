@@ -36,6 +36,7 @@ from resdet.models.conventions import TORCHVISION, RCNNConventions, init_heads_a
 from resdet.models.factory import get_spec
 from resdet.models.mask_paste import RCNNTransform
 from resdet.models.rcnn_heads import RPN, BoxMaskHeads
+from resdet.models.rcnn_settings import RoIHeadSettings, RPNSettings
 from resdet.models.resnet import ResNet
 from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
@@ -48,6 +49,8 @@ __all__ = [
 ]
 
 Head = Literal["c4", "fpn"]
+DEFAULT_RPN = RPNSettings()
+DEFAULT_ROI_HEADS = RoIHeadSettings()
 FPN_CHANNELS = 256
 # P2..P5 from res2..res5 plus P6 from LastLevelMaxPool; the FPN takes one anchor size per level.
 FPN_LEVELS = 5
@@ -76,19 +79,8 @@ def build_detector(
     channels_last: bool = True,
     min_size: int | tuple[int, ...] = 800,
     max_size: int = 1333,
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512),
-    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0),
-    rpn_pre_nms_top_n_train: int = 2000,
-    rpn_pre_nms_top_n_test: int = 1000,
-    rpn_post_nms_top_n_train: int = 2000,
-    rpn_post_nms_top_n_test: int = 1000,
-    rpn_batch_size_per_image: int = 256,
-    box_batch_size_per_image: int = 512,
-    box_head_width: int = 1024,
-    mask_head_layers: tuple[int, ...] = (256, 256, 256, 256),
-    box_score_thresh: float = 0.05,
-    box_nms_thresh: float = 0.5,
-    box_detections_per_img: int = 100,
+    rpn: RPNSettings = DEFAULT_RPN,
+    roi_heads: RoIHeadSettings = DEFAULT_ROI_HEADS,
     conventions: RCNNConventions = TORCHVISION,
     train_resize: bool = True,
 ) -> FasterRCNN:
@@ -108,14 +100,9 @@ def build_detector(
     order (faster on CPU; outputs equal up to float rounding).
 
     ``min_size`` (one value, or several for random multi-scale training) and ``max_size`` are
-    the resize limits in pixels. ``anchor_sizes`` in pixels: C4 puts them all on its one
-    stride-16 level (x ``aspect_ratios`` = 15 anchors per location); FPN puts one per level
-    P2..P6 (5 sizes). ``mask_head_layers`` are the FPN mask head's 3x3 conv widths
-    (torchvision's four 256s; that head dominates the CPU time of small-image training).
-    ``box_head_width`` is the FPN ``TwoMLPHead`` width (C4's box head is
-    res5, whose width the backbone fixes). The other arguments are torchvision's
-    ``FasterRCNN`` arguments of the same name, with its defaults (detectron2's C4 configs keep
-    more proposals before NMS, 12000 in training and 6000 in testing). ``conventions`` chooses
+    the resize limits in pixels. ``rpn`` and ``roi_heads`` (``resdet.models.rcnn_settings``)
+    are the anchors, proposal counts, sampling, head widths and test thresholds, with
+    torchvision's defaults. ``conventions`` chooses
     between torchvision's and detectron2's ways where they differ (RoIAlign alignment and
     sample points, anchor rounding, padding, box-loss beta, head initialisation; see
     ``resdet.models.conventions``); the default is torchvision's. RoIAlign is computed as one
@@ -141,8 +128,8 @@ def build_detector(
             resnet,
             num_classes,
             masks,
-            anchor_sizes,
-            aspect_ratios,
+            rpn.anchor_sizes,
+            rpn.aspect_ratios,
             channels_last,
             roi_aligned=conventions.roi_aligned,
             anchor_rounding=conventions.anchor_rounding,
@@ -152,10 +139,10 @@ def build_detector(
             resnet,
             num_classes,
             masks,
-            anchor_sizes,
-            aspect_ratios,
-            box_head_width,
-            mask_head_layers,
+            rpn.anchor_sizes,
+            rpn.aspect_ratios,
+            roi_heads.box_head_width,
+            roi_heads.mask_head_layers,
             channels_last,
             conventions,
         )
@@ -163,18 +150,18 @@ def build_detector(
         "min_size": min_size,
         "max_size": max_size,
         "rpn_anchor_generator": parts.anchor_generator,
-        "rpn_pre_nms_top_n_train": rpn_pre_nms_top_n_train,
-        "rpn_pre_nms_top_n_test": rpn_pre_nms_top_n_test,
-        "rpn_post_nms_top_n_train": rpn_post_nms_top_n_train,
-        "rpn_post_nms_top_n_test": rpn_post_nms_top_n_test,
-        "rpn_batch_size_per_image": rpn_batch_size_per_image,
+        "rpn_pre_nms_top_n_train": rpn.pre_nms_top_n_train,
+        "rpn_pre_nms_top_n_test": rpn.pre_nms_top_n_test,
+        "rpn_post_nms_top_n_train": rpn.post_nms_top_n_train,
+        "rpn_post_nms_top_n_test": rpn.post_nms_top_n_test,
+        "rpn_batch_size_per_image": rpn.batch_size_per_image,
         "box_roi_pool": parts.box_roi_pool,
         "box_head": parts.box_head,
         "box_predictor": parts.box_predictor,
-        "box_score_thresh": box_score_thresh,
-        "box_nms_thresh": box_nms_thresh,
-        "box_detections_per_img": box_detections_per_img,
-        "box_batch_size_per_image": box_batch_size_per_image,
+        "box_score_thresh": roi_heads.score_thresh,
+        "box_nms_thresh": roi_heads.nms_thresh,
+        "box_detections_per_img": roi_heads.detections_per_img,
+        "box_batch_size_per_image": roi_heads.batch_size_per_image,
     }
     # torchvision's default image_mean/std are the ImageNet RGB statistics in [0, 1] units,
     # the same normalisation resdet's classifiers train with.

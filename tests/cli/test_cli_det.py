@@ -222,6 +222,11 @@ def test_a_packaged_recipe_by_name(tmp_path):
     args = ["train-det", "coco", "--config", recipe, "--data-dir", root, "--out", tmp_path / "r"]
     invoke(*args, "--backbone", "resnet18", "--iters", 1, *TINY)
     model = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())["model"]
-    assert (model["head"], model["roi_aligned"], model["rpn_box_loss_beta"]) == ("fpn", True, 0.0)
+    conventions = model["conventions"]
+    assert (model["head"], conventions["roi_aligned"], conventions["rpn_box_loss_beta"]) == (
+        "fpn",
+        True,
+        0.0,
+    )
     wrong = runner.invoke(app, ["train-det", "coco", "--config", "detectron2/nope"])
     assert wrong.exit_code == 2 and "neither a file nor a packaged recipe" in wrong.output

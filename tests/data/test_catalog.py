@@ -12,8 +12,8 @@ from resdet.data.catalog import (
     find_dataset,
     spelling,
 )
-from resdet.data.cls_transforms import ClsViews
 from resdet.data.coco import CocoDetection
+from resdet.data.options import ClsViews, DetSizes
 from resdet.data.synthetic import write_tiny_coco
 from resdet.data.voc import VocConcat
 
@@ -69,11 +69,13 @@ def test_unknown_or_unused_options_are_refused():
 def test_builders_read_the_default_root_or_the_given_one(tmp_path, monkeypatch):
     write_tiny_coco(tmp_path / "datasets" / "coco", n_images=2)
     monkeypatch.chdir(tmp_path)  # the default root is relative: datasets/coco
-    dataset = build_det_dataset("coco", None, train=False, min_size=120, max_size=160)
+    dataset = build_det_dataset("coco", None, train=False, sizes=DetSizes((120,), 160))
     assert isinstance(dataset, CocoDetection) and len(dataset) == 2
     moved = tmp_path / "elsewhere"
     (tmp_path / "datasets" / "coco").rename(moved)
-    dataset = build_det_dataset("coco", moved, train=True, with_masks=True, min_size=(100, 120))
+    dataset = build_det_dataset(
+        "coco", moved, train=True, sizes=DetSizes((100, 120)), with_masks=True
+    )
     assert dataset.with_masks and len(dataset) == 2
     with pytest.raises(ValueError, match="voc0712: PASCAL VOC detection has no instance masks"):
         build_det_dataset("voc0712", None, train=True, with_masks=True)
@@ -92,21 +94,29 @@ def test_a_registered_set_trains_by_name(tmp_path):
 
     DET_DATASETS.register("parts-test", DatasetEntry(build, "machine parts", takes_path=True))
     try:
-        dataset = build_det_dataset("parts-test:/data/parts", None, train=True, max_size=512)
+        dataset = build_det_dataset(
+            "parts-test:/data/parts", None, train=True, sizes=DetSizes(max_size=512)
+        )
         with pytest.raises(KeyError, match="already registered"):
             DET_DATASETS.register("parts-test", DatasetEntry(build, "again"))
     finally:
         DET_DATASETS.unregister("parts-test")
     assert isinstance(dataset, Parts)
     assert requests[0].path == "/data/parts" and requests[0].train
-    assert requests[0].dataset_options == {"min_size": 800, "max_size": 512, "strict": False}
+    assert requests[0].dataset_options == {
+        "min_size": (800,),
+        "max_size": 512,
+        "keep_empty": True,
+        "strict": False,
+    }
 
 
 def test_voc0712_trains_on_both_years(tmp_path):
     from resdet.data.synthetic import write_tiny_voc
 
     devkit = write_tiny_voc(tmp_path, years=("2007", "2012"))
-    train = build_det_dataset("voc0712", devkit, train=True, min_size=96, max_size=200)
-    test = build_det_dataset("voc0712", devkit, train=False, min_size=96, max_size=200)
+    sizes = DetSizes((96,), 200)
+    train = build_det_dataset("voc0712", devkit, train=True, sizes=sizes)
+    test = build_det_dataset("voc0712", devkit, train=False, sizes=sizes)
     assert isinstance(train, VocConcat) and len(train.parts) == 2
     assert not isinstance(test, VocConcat) and test.year == "2007" and test.split == "test"

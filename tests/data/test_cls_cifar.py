@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 
 from resdet.data import build_cls_dataset
 from resdet.data.cifar import Cifar10, split_indices
-from resdet.data.cls_transforms import ClsViews
+from resdet.data.options import ClsViews
 
 NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_BATCH = 10  # 5 batches -> 50 training images, a 1/1000 scale model of the real 50,000

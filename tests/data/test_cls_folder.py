@@ -11,8 +11,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from resdet.data import build_cls_dataset
-from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, ClsViews, resize_short_side
+from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD, resize_short_side
 from resdet.data.folder import ImageFolderDataset, build_imagenet
+from resdet.data.options import ClsViews
 
 WNIDS = ["n01440764", "n01443537", "n01484850"]  # the first three ImageNet classes, sorted
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from resdet.data.catalog import build_det_dataset
+from resdet.data.options import DetSizes
 from resdet.data.synthetic import TINY_HEIGHT, TINY_WIDTH, write_tiny_voc
 from resdet.data.voc import (
     VOC_CLASSES,
@@ -79,7 +80,7 @@ def test_difficult_objects_dropped_in_training_but_kept_in_ground_truth(devkit) 
 
 
 def test_voc0712_concatenates_with_unique_ids(devkit) -> None:
-    ds = build_det_dataset("voc0712", devkit, train=True, min_size=TINY_HEIGHT, max_size=1000)
+    ds = build_det_dataset("voc0712", devkit, train=True, sizes=DetSizes((TINY_HEIGHT,), 1000))
     assert len(ds) == 8 and ds.class_names == list(VOC_CLASSES)
     assert ds.label_to_category_id[20] == 20
     assert ds.aspect_ratios() == [TINY_WIDTH / TINY_HEIGHT] * 8

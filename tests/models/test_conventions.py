@@ -22,6 +22,7 @@ from resdet.models.anchors import ExactAnchorGenerator
 from resdet.models.conventions import TORCHVISION, RCNNConventions
 from resdet.models.detector import build_detector
 from resdet.models.rcnn_heads import box_regression_loss
+from resdet.models.rcnn_settings import RPNSettings
 from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
 
@@ -103,7 +104,7 @@ def _batch() -> tuple[list[torch.Tensor], list[dict]]:
 @pytest.mark.parametrize("head", ["c4", "fpn"])
 def test_default_heads_give_torchvisions_losses_and_detections(head: str) -> None:
     torch.manual_seed(0)
-    small = {"min_size": 96, "max_size": 128, "rpn_post_nms_top_n_test": 50}
+    small = {"min_size": 96, "max_size": 128, "rpn": RPNSettings(post_nms_top_n_test=50)}
     ours = build_detector(
         "resnet18", head=head, num_classes=3, masks=True, backbone_weights=None, **small
     )

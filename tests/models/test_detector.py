@@ -13,6 +13,7 @@ from torchvision.models.detection import fasterrcnn_resnet50_fpn, maskrcnn_resne
 from resdet.models import create_model
 from resdet.models.detector import build_detector, load_detector_state
 from resdet.models.factory import Variant
+from resdet.models.rcnn_settings import RoIHeadSettings, RPNSettings
 from resdet.models.weights import add_weights
 
 # Small enough for a 2-core CPU: ~100-px images and few RoIs (C4 runs res5 on every RoI,
@@ -20,12 +21,13 @@ from resdet.models.weights import add_weights
 SMALL = {
     "min_size": 96,
     "max_size": 128,
-    "rpn_pre_nms_top_n_train": 100,
-    "rpn_post_nms_top_n_train": 20,
-    "rpn_pre_nms_top_n_test": 100,
-    "rpn_post_nms_top_n_test": 10,
-    "box_batch_size_per_image": 16,
-    "box_detections_per_img": 10,
+    "rpn": RPNSettings(
+        pre_nms_top_n_train=100,
+        post_nms_top_n_train=20,
+        pre_nms_top_n_test=100,
+        post_nms_top_n_test=10,
+    ),
+    "roi_heads": RoIHeadSettings(batch_size_per_image=16, detections_per_img=10),
 }
 
 
@@ -184,13 +186,14 @@ def test_torchvision_r50_fpn_state_dicts_load_strictly() -> None:
 def test_torchvision_r50_fpn_gives_the_same_detections() -> None:
     torch.manual_seed(0)
     # 100 proposals keep the 12544x1024 fc6 cheap; box_score_thresh=0 keeps random detections.
-    sizes = {
-        "min_size": 96,
-        "max_size": 128,
-        "rpn_post_nms_top_n_test": 100,
-        "box_score_thresh": 0.0,
-    }
-    reference = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, **sizes).eval()
+    sizes = {"min_size": 96, "max_size": 128}
+    reference = fasterrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        rpn_post_nms_top_n_test=100,
+        box_score_thresh=0.0,
+        **sizes,
+    ).eval()
     # Give BN non-trivial statistics and affine, as trained weights have.
     for module in reference.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -205,6 +208,8 @@ def test_torchvision_r50_fpn_gives_the_same_detections() -> None:
         backbone_weights=None,
         stride_in_1x1=False,
         channels_last=False,
+        rpn=RPNSettings(post_nms_top_n_test=100),
+        roi_heads=RoIHeadSettings(score_thresh=0.0),
         **sizes,
     ).eval()
     ours.load_state_dict(reference.state_dict(), strict=True)
@@ -254,7 +259,11 @@ def test_other_state_dict_mismatches_name_the_keys() -> None:
         fpn = build_detector("resnet18", head="fpn", num_classes=3, backbone_weights=None)
         c4 = build_detector("resnet18", head="c4", num_classes=3, backbone_weights=None)
         wide = build_detector(
-            "resnet18", head="fpn", num_classes=3, backbone_weights=None, box_head_width=256
+            "resnet18",
+            head="fpn",
+            num_classes=3,
+            backbone_weights=None,
+            roi_heads=RoIHeadSettings(box_head_width=256),
         )
     with pytest.raises(
         ValueError,
@@ -312,7 +321,11 @@ def test_auto_weights_take_the_newest_imagenet_entry(
 def test_fpn_needs_one_anchor_size_per_level() -> None:
     with torch.device("meta"), pytest.raises(ValueError, match="one anchor size per level"):
         build_detector(
-            "resnet18", head="fpn", num_classes=3, backbone_weights=None, anchor_sizes=(32, 64)
+            "resnet18",
+            head="fpn",
+            num_classes=3,
+            backbone_weights=None,
+            rpn=RPNSettings(anchor_sizes=(32, 64)),
         )
 
 

@@ -97,7 +97,7 @@ def test_detector_pkl_imports_like_its_pth(tmp_path: Path) -> None:
                "--out", out, "--class-names", "a,b,c")  # fmt: skip
         converted.append(load_checkpoint(out))
     assert converted[0]["meta"]["class_names"] == ["a", "b", "c"]
-    assert converted[0]["meta"]["config"]["model"]["roi_aligned"] is True
+    assert converted[0]["meta"]["config"]["model"]["conventions"]["roi_aligned"] is True
     for key, value in converted[0]["model"].items():
         assert torch.equal(value, converted[1]["model"][key]), key
 

@@ -82,14 +82,14 @@ def run_on(
     bgr = cv2.imread(str(FIXTURE / recorded["images"][index]))
     height, width = bgr.shape[:2]
     # At its own size, so neither library resizes (their resize filters differ).
+    post_nms = int(recorded["overrides"].get("MODEL.RPN.POST_NMS_TOPK_TEST", 1000))
     sized = replace(
         cfg,
-        model=replace(
-            cfg.model,
-            min_size=(min(height, width),),
-            max_size=max(height, width),
-            rpn_post_nms_top_n_test=int(
-                recorded["overrides"].get("MODEL.RPN.POST_NMS_TOPK_TEST", 1000)
+        model=replace(cfg.model, rpn=replace(cfg.model.rpn, post_nms_top_n_test=post_nms)),
+        data=replace(
+            cfg.data,
+            sizes=replace(
+                cfg.data.sizes, min_size=(min(height, width),), max_size=max(height, width)
             ),
         ),
     )
