@@ -16,9 +16,9 @@ from resdet.evaluation.coco import (
 )
 from resdet.evaluation.tables import coco_table, per_class_table, voc_table
 from resdet.evaluation.voc import (
-    VocDetection,
+    ScoredBox,
+    TruthBox,
     VocEvaluator,
-    VocObject,
     VocResult,
     evaluate_voc,
     read_voc_results,
@@ -34,9 +34,9 @@ __all__ = [
     "CocoResult",
     "MultiScale",
     "TenCrop",
-    "VocDetection",
+    "ScoredBox",
     "VocEvaluator",
-    "VocObject",
+    "TruthBox",
     "VocResult",
     "coco_table",
     "evaluate_coco",

@@ -29,7 +29,7 @@ METRIC_DESCRIPTIONS = {"voc07": "AP (11-point)", "voc12": "AP (area)"}
 Box = tuple[float, float, float, float]
 
 
-class VocObject(NamedTuple):
+class TruthBox(NamedTuple):
     """One ground-truth object: class name, box (1-based inclusive pixels), difficult flag."""
 
     name: str
@@ -37,7 +37,7 @@ class VocObject(NamedTuple):
     difficult: bool
 
 
-class VocDetection(NamedTuple):
+class ScoredBox(NamedTuple):
     """One detection of a known class: image id, score, box (1-based inclusive pixels)."""
 
     image_id: str
@@ -78,8 +78,8 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray, use_07_metric: bool) -> fl
 
 
 def evaluate_voc(
-    detections: Mapping[str, Sequence[VocDetection]],
-    ground_truth: Mapping[Hashable, Sequence[VocObject]],
+    detections: Mapping[str, Sequence[ScoredBox]],
+    ground_truth: Mapping[Hashable, Sequence[TruthBox]],
     class_names: Sequence[str],
     metric: VocMetric = "voc07",
     iou_thresh: float = 0.5,
@@ -104,7 +104,7 @@ def evaluate_voc(
     unknown = sorted(set(detections) - set(class_names))
     if unknown:
         raise ValueError(f"detections for classes {unknown} that are not in class_names")
-    objects_by_class: dict[str, dict[str, list[VocObject]]] = {name: {} for name in class_names}
+    objects_by_class: dict[str, dict[str, list[TruthBox]]] = {name: {} for name in class_names}
     for image_id, objects in ground_truth.items():
         for name in class_names:
             objects_by_class[name][str(image_id)] = []
@@ -113,7 +113,7 @@ def evaluate_voc(
                 raise ValueError(
                     f"image {image_id}: ground-truth class {name!r} is not in class_names"
                 )
-            objects_by_class[name][str(image_id)].append(VocObject(name, box, is_difficult))
+            objects_by_class[name][str(image_id)].append(TruthBox(name, box, is_difficult))
     per_class = {
         name: _class_ap(name, detections.get(name, ()), objects_by_class[name], metric, iou_thresh)
         for name in class_names
@@ -125,7 +125,7 @@ def evaluate_voc(
 
 
 def write_voc_results(
-    directory: str | os.PathLike, detections: Mapping[str, Sequence[VocDetection]]
+    directory: str | os.PathLike, detections: Mapping[str, Sequence[ScoredBox]]
 ) -> list[Path]:
     """Write one ``comp4_det_test_<class>.txt`` per class of ``detections``, lines
     ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>`` (numbers written exactly, so reading
@@ -146,7 +146,7 @@ def write_voc_results(
 
 def read_voc_results(
     directory: str | os.PathLike, class_names: Sequence[str]
-) -> dict[str, list[VocDetection]]:
+) -> dict[str, list[ScoredBox]]:
     """Read ``comp4_det_test_<class>.txt`` for every class; image ids come back as strings."""
     detections = {}
     for name in class_names:
@@ -171,7 +171,7 @@ class VocEvaluator:
     def __init__(
         self,
         class_names: Sequence[str],
-        ground_truth: Mapping[Hashable, Sequence[VocObject]],
+        ground_truth: Mapping[Hashable, Sequence[TruthBox]],
         metric: VocMetric = "voc07",
     ) -> None:
         """``class_names[i]`` is model label ``i + 1``; ``ground_truth`` maps each image id (as
@@ -182,7 +182,7 @@ class VocEvaluator:
         self.ground_truth = {str(k): list(v) for k, v in ground_truth.items()}
         self.metric = metric
         self.last_result: VocResult | None = None
-        self._per_image: dict[str, list[tuple[str, VocDetection]]] = {}
+        self._per_image: dict[str, list[tuple[str, ScoredBox]]] = {}
 
     def reset(self) -> None:
         """Forget everything processed so far."""
@@ -216,7 +216,7 @@ class VocEvaluator:
             labels = output["labels"].detach().cpu().tolist()
             scores = output["scores"].detach().float().cpu().tolist()
             self._per_image[image_id] = [
-                (self._class_name(label), VocDetection(image_id, score, tuple(box)))
+                (self._class_name(label), ScoredBox(image_id, score, tuple(box)))
                 for box, label, score in zip(boxes, labels, scores, strict=True)
             ]
 
@@ -233,7 +233,7 @@ class VocEvaluator:
         self.last_result = result
         return {"voc/mAP": result.mAP, "voc/AP50": result.mAP}
 
-    def detections(self) -> dict[str, list[VocDetection]]:
+    def detections(self) -> dict[str, list[ScoredBox]]:
         """All ranks' detections per class (VOC pixels of the original image), for
         :func:`write_voc_results`. Collective: call it on every rank."""
         return _by_class(gather_per_image(self._per_image), self.class_names)
@@ -249,8 +249,8 @@ class VocEvaluator:
 
 def _class_ap(
     name: str,
-    detections: Sequence[VocDetection],
-    objects: Mapping[str, list[VocObject]],
+    detections: Sequence[ScoredBox],
+    objects: Mapping[str, list[TruthBox]],
     metric: VocMetric,
     iou_thresh: float,
 ) -> float:
@@ -301,16 +301,16 @@ def _iou_inclusive(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def _by_class(
-    per_image: Mapping[str, list[tuple[str, VocDetection]]], class_names: Sequence[str]
-) -> dict[str, list[VocDetection]]:
-    detections: dict[str, list[VocDetection]] = {name: [] for name in class_names}
+    per_image: Mapping[str, list[tuple[str, ScoredBox]]], class_names: Sequence[str]
+) -> dict[str, list[ScoredBox]]:
+    detections: dict[str, list[ScoredBox]] = {name: [] for name in class_names}
     for image_id in sorted(per_image):
         for name, detection in per_image[image_id]:
             detections[name].append(detection)
     return detections
 
 
-def _parse_line(line: str, path: Path, number: int) -> VocDetection:
+def _parse_line(line: str, path: Path, number: int) -> ScoredBox:
     fields = line.split()
     try:
         if len(fields) != 6:
@@ -321,7 +321,7 @@ def _parse_line(line: str, path: Path, number: int) -> VocDetection:
             f"{path}:{number}: expected '<image_id> <score> <xmin> <ymin> <xmax> <ymax>', "
             f"got {line!r} ({err})"
         ) from None
-    return VocDetection(fields[0], score, (box[0], box[1], box[2], box[3]))
+    return ScoredBox(fields[0], score, (box[0], box[1], box[2], box[3]))
 
 
 def _as_python(value: Any) -> Any:

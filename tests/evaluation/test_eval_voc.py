@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from resdet.evaluation import (
-    VocDetection,
+    ScoredBox,
+    TruthBox,
     VocEvaluator,
-    VocObject,
     evaluate_voc,
     read_voc_results,
     voc_ap,
@@ -111,8 +111,8 @@ def test_detection_on_unknown_image_is_refused() -> None:
 
 def test_results_files_round_trip(tmp_path: Path) -> None:
     detections = {
-        "cat": [VocDetection("000005", 0.123456789, (1.5, 2.25, 100.0, 200.125))],
-        "dog": [VocDetection(7, 0.5, (1.0, 1.0, 10.0, 10.0)), VocDetection(8, 0.25, G2)],
+        "cat": [ScoredBox("000005", 0.123456789, (1.5, 2.25, 100.0, 200.125))],
+        "dog": [ScoredBox(7, 0.5, (1.0, 1.0, 10.0, 10.0)), ScoredBox(8, 0.25, G2)],
         "bird": [],
     }
     paths = write_voc_results(tmp_path, detections)
@@ -120,7 +120,7 @@ def test_results_files_round_trip(tmp_path: Path) -> None:
     assert paths[1].read_text().splitlines()[0] == "7 0.5 1.0 1.0 10.0 10.0"
     back = read_voc_results(tmp_path, ["cat", "dog", "bird"])
     expected = {
-        name: [VocDetection(str(d.image_id), d.score, d.box) for d in dets]
+        name: [ScoredBox(str(d.image_id), d.score, d.box) for d in dets]
         for name, dets in detections.items()
     }
     assert back == expected
@@ -139,7 +139,7 @@ def test_malformed_results_line_names_file_and_line(tmp_path: Path) -> None:
 def test_evaluator_scales_to_orig_size_and_shifts_to_one_based() -> None:
     # VOC box (11, 21, 60, 80) (1-based inclusive) is read as (10, 20, 60, 80) in continuous
     # pixels (resdet.data.voc, detectron2's convention), (5, 10, 30, 40) at half size.
-    ground_truth = {5: [VocObject("dog", (11.0, 21.0, 60.0, 80.0), False)], 6: []}
+    ground_truth = {5: [TruthBox("dog", (11.0, 21.0, 60.0, 80.0), False)], 6: []}
     evaluator = VocEvaluator(["cat", "dog"], ground_truth, metric="voc12")
     target = {
         "image_id": torch.tensor(5),
@@ -154,7 +154,7 @@ def test_evaluator_scales_to_orig_size_and_shifts_to_one_based() -> None:
     evaluator.process([target], [output])
     assert evaluator.detections() == {
         "cat": [],
-        "dog": [VocDetection("5", 0.75, (11.0, 21.0, 60.0, 80.0))],
+        "dog": [ScoredBox("5", 0.75, (11.0, 21.0, 60.0, 80.0))],
     }
     # Image 6 was not processed, so it is not evaluated; "cat" has no positives (nan, skipped).
     assert evaluator.compute() == {"voc/mAP": 1.0, "voc/AP50": 1.0}
