@@ -14,26 +14,23 @@ import contextlib
 import gc
 import json
 import math
-import numbers
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from faster_coco_eval import COCO as FastCOCO
 from faster_coco_eval import COCOeval_faster
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from torchvision.ops import box_convert
 
 from resdet.evaluation.boxes import to_original_pixels
-
-IouType = Literal["bbox", "segm"]
+from resdet.evaluation.coco_files import IouType, load_ground_truth, load_results
 
 # The order of pycocotools' COCOeval.summarize() (its `stats` array).
 STAT_NAMES = (
@@ -88,8 +85,8 @@ def evaluate_coco(
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     with _gc_paused():
-        coco_gt = _load_ground_truth(gt, iou_type)
-        coco_dt = coco_gt.loadRes(_load_results(results, coco_gt, iou_type))
+        coco_gt = load_ground_truth(gt, iou_type)
+        coco_dt = coco_gt.loadRes(load_results(results, coco_gt, iou_type))
         evaluator = COCOeval_faster(coco_gt, coco_dt, iou_type, print_function=_silent)
         if image_ids is not None:
             unknown = sorted(set(image_ids) - coco_gt.imgs.keys())
@@ -271,124 +268,6 @@ def _encode_masks(masks: torch.Tensor, orig_size: tuple[int, int]) -> list[dict[
     return rles
 
 
-def _load_ground_truth(gt: COCO | str | os.PathLike, iou_type: IouType) -> FastCOCO:
-    if isinstance(gt, (str, os.PathLike)):
-        source = str(gt)
-        dataset = _read_json(Path(gt))
-    else:
-        source = "the ground-truth COCO object"
-        dataset = dict(gt.dataset)
-        # Evaluation writes 'ignore' flags and mask caches into annotation dicts; copies keep
-        # the caller's COCO as it was.
-        if "annotations" in dataset:
-            dataset["annotations"] = [dict(ann) for ann in dataset["annotations"]]
-    if (
-        not isinstance(dataset, dict)
-        or not {"images", "annotations", "categories"} <= dataset.keys()
-    ):
-        found = sorted(dataset) if isinstance(dataset, dict) else type(dataset).__name__
-        raise ValueError(
-            f"{source} is not COCO ground truth: it needs 'images', 'annotations' and "
-            f"'categories' (found {found})"
-        )
-    if iou_type == "segm":
-        for ann in dataset["annotations"]:
-            if "segmentation" not in ann:
-                raise ValueError(
-                    f"{source}: annotation id {ann.get('id')!r} has no 'segmentation', so 'segm' "
-                    "cannot be evaluated; evaluate 'bbox' or use an instance-mask annotation file"
-                )
-    return FastCOCO(dataset)
-
-
-def _load_results(
-    results: Sequence[Mapping[str, Any]] | str | os.PathLike, coco_gt: FastCOCO, iou_type: IouType
-) -> list[dict[str, Any]]:
-    """Checked result dicts that loadRes may modify (it adds area, id and iscrowd)."""
-    if not isinstance(results, (str, os.PathLike)):
-        _check_results(results, coco_gt, iou_type, "results list")
-        entries = [dict(entry) for entry in results]
-    else:
-        entries = _read_json(Path(results))
-        if not isinstance(entries, list):
-            raise ValueError(
-                f"{results}: a COCO results file is a JSON list of detections, "
-                f"found a {type(entries).__name__}"
-            )
-        _check_results(entries, coco_gt, iou_type, str(results))
-    if iou_type == "segm":
-        # With a "bbox" present pycocotools takes the box area as the instance area, so
-        # small/medium/large would not be mask sizes; detectron2 drops it the same way, and
-        # torchvision's segm results carry no box at all.
-        for entry in entries:
-            entry.pop("bbox", None)
-    return entries
-
-
-def _check_results(
-    entries: Sequence[Any], coco_gt: FastCOCO, iou_type: IouType, source: str
-) -> None:
-    if not entries:
-        return
-    image_ids, category_ids = coco_gt.imgs.keys(), coco_gt.cats.keys()
-    # pycocotools reads the geometry of every entry from the kind of the first one.
-    first = entries[0]
-    geometry = "bbox" if isinstance(first, dict) and first.get("bbox") else "segmentation"
-    if iou_type == "segm":
-        geometry = "segmentation"
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise ValueError(
-                f"{source}: results entry {index} is a {type(entry).__name__}, not a JSON object"
-            )
-        image_id = entry.get("image_id")
-        if not _is_key(image_id, image_ids):
-            raise ValueError(
-                f"{source}: results entry {index} has image_id {image_id!r}, which is not an "
-                "image of the ground truth; results must come from the annotation file's images"
-            )
-        category_id = entry.get("category_id")
-        if not _is_key(category_id, category_ids):
-            raise ValueError(
-                f"{source}: results entry {index} has category_id {category_id!r}, which is not "
-                f"a category of the ground truth (ids {sorted(category_ids)[:10]}...); map model "
-                "labels to the annotation file's category ids"
-            )
-        if "score" not in entry or geometry not in entry:
-            raise ValueError(
-                f"{source}: results entry {index} lacks 'score' or '{geometry}' "
-                f"(keys {sorted(entry)})"
-            )
-        if not _finite_numbers([entry["score"]]):
-            raise ValueError(
-                f"{source}: results entry {index} has score {entry['score']!r}; scores must be "
-                "finite numbers"
-            )
-        if geometry == "bbox" and not (
-            isinstance(entry["bbox"], list | tuple)
-            and len(entry["bbox"]) == 4
-            and _finite_numbers(entry["bbox"])
-        ):
-            raise ValueError(
-                f"{source}: results entry {index} has bbox {entry['bbox']!r:.80}; a box is four "
-                "finite numbers [x, y, width, height]"
-            )
-
-
-def _finite_numbers(values: Any) -> bool:
-    # numbers.Real admits numpy scalars too; bool is a Real but never a coordinate or score.
-    return all(
-        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in values
-    )
-
-
-def _is_key(value: Any, keys: Any) -> bool:
-    try:
-        return value in keys
-    except TypeError:  # an unhashable value such as a list
-        return False
-
-
 def _per_class_ap(
     precision: np.ndarray, category_ids: Sequence[int], categories: Mapping[int, dict]
 ) -> dict[str, float]:
@@ -417,14 +296,6 @@ def _gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
-
-
-def _read_json(path: Path) -> Any:
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
 
 
 def _json_default(value: Any) -> Any:
