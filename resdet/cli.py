@@ -126,7 +126,8 @@ def weights_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """List the weight store's entries."""
-    from resdet.models.weights import default_tag, list_weights, store_root
+    from resdet.models.weight_defaults import default_tag
+    from resdet.models.weights import list_weights, store_root
 
     entries = list_weights()
     defaults = {e.arch: default_tag(e.arch) for e in entries}
@@ -153,7 +154,7 @@ def weights_default(
     ] = None,
 ) -> None:
     """Mark the entry that `backbone_weights: auto` (train-det's default) starts from."""
-    from resdet.models.weights import set_default
+    from resdet.models.weight_defaults import set_default
 
     try:
         set_default(arch, tag)

@@ -222,11 +222,12 @@ def resolve_backbone_weights(
 ) -> tuple[str | Path | None, str]:
     """The weights to build ``arch`` with (tag, path or None) and a sentence saying which and why.
 
-    ``"auto"`` takes `resdet.models.weights.choose_imagenet_weights` (the store's default, else
+    ``"auto"`` takes `resdet.models.weight_defaults.choose_imagenet_weights` (the store's default, else
     the best recorded top-1 error, else the newest ImageNet entry); with none stored it returns
     None and a sentence saying how to get weights (the caller warns).
     """
-    from resdet.models.weights import choose_imagenet_weights, find_weights, store_root
+    from resdet.models.weight_defaults import choose_imagenet_weights
+    from resdet.models.weights import find_weights, store_root
 
     if backbone_weights is None:
         return None, f"{arch} backbone starts from random initialisation (backbone_weights=None)"

@@ -21,8 +21,8 @@ from resdet.models.weights import (
     _read_tensors,
     _reference,
     _refuse_overwrite,
-    _spec,
     add_weights,
+    check_arch,
     find_weights,
     store_root,
 )
@@ -48,7 +48,7 @@ def import_torchvision(
     in torchvision's layout (shortcut B, stride on the 3x3 conv) with the number of classes of
     its ``fc.weight``. ``source`` defaults to the absolute path of the file.
     """
-    spec = _spec(arch)
+    spec = check_arch(arch)
     _check_tag(tag)
     path = Path(path).expanduser()
     if spec.family != "imagenet" or not spec.residual:
@@ -106,7 +106,7 @@ def export_torchvision(
     the path written.
     """
     entry = find_weights(arch, tag_or_path)
-    spec = _spec(arch)
+    spec = check_arch(arch)
     reason = _torchvision_incompatibility(spec, entry.variant)
     if reason:
         raise ValueError(f"cannot export {entry.path} to torchvision: {reason}")

@@ -3,8 +3,8 @@
 Layout: ``<root>/<arch>/<tag>.safetensors`` holds the state dict and ``<root>/<arch>/<tag>.json``
 its manifest (arch, layout variant, number of classes, dataset, metrics, source, sha256 of the
 safetensors file, date, resdet version, format version); ``<root>/defaults.json`` maps an arch
-to the tag that ``backbone_weights: auto`` takes (`set_default`). ``<root>`` is ``$RESDET_HOME/weights``,
-or ``~/.cache/resdet/weights`` when RESDET_HOME is unset.
+to the tag that ``backbone_weights: auto`` takes (``resdet.models.weight_defaults``). ``<root>``
+is ``$RESDET_HOME/weights``, or ``~/.cache/resdet/weights`` when RESDET_HOME is unset.
 """
 
 from __future__ import annotations
@@ -29,13 +29,10 @@ from resdet.models.factory import ModelSpec, Variant, build_model, get_spec
 __all__ = [
     "WeightEntry",
     "add_weights",
-    "choose_imagenet_weights",
-    "default_tag",
     "find_weights",
     "list_weights",
     "load_into",
     "remove_weights",
-    "set_default",
     "store_root",
 ]
 
@@ -101,7 +98,7 @@ def list_weights(arch: str | None = None) -> list[WeightEntry]:
     """
     root = store_root()
     if arch is not None:
-        _spec(arch)
+        check_arch(arch)
     folders = [root / arch] if arch is not None else sorted(p for p in root.glob("*") if p.is_dir())
     entries = []
     for folder in folders:
@@ -126,7 +123,7 @@ def find_weights(arch: str, tag_or_path: str | Path) -> WeightEntry:
     anything else is a tag. Raises FileNotFoundError for a missing tag (listing the stored ones)
     or file, ValueError for a manifest of another arch or a malformed one.
     """
-    _spec(arch)
+    check_arch(arch)
     text = str(tag_or_path)
     is_path = os.sep in text or "/" in text or text.endswith((".safetensors", ".json"))
     if isinstance(tag_or_path, Path) or is_path:
@@ -140,62 +137,6 @@ def find_weights(arch: str, tag_or_path: str | Path) -> WeightEntry:
             f"{_GET_WEIGHTS}. The store is $RESDET_HOME/weights (default ~/.cache/resdet/weights)"
         )
     return _read_manifest(path)
-
-
-def default_tag(arch: str) -> str | None:
-    """The tag marked with `set_default` for ``arch``, or None."""
-    return _read_defaults().get(arch)
-
-
-def set_default(arch: str, tag: str | None) -> None:
-    """Mark ``tag`` (a stored ImageNet entry of ``arch``) as the one ``auto`` picks; None clears
-    the mark."""
-    _spec(arch)
-    defaults = _read_defaults()
-    if tag is None:
-        defaults.pop(arch, None)
-    else:
-        entry = find_weights(arch, tag)
-        if entry.dataset.lower() != "imagenet":
-            raise ValueError(
-                f"{arch}:{tag} was trained on {entry.dataset}, not ImageNet; the default is the "
-                "ImageNet backbone that detectors start from"
-            )
-        defaults[arch] = tag
-    text = json.dumps(defaults, indent=2, sort_keys=True) + "\n"
-    write_atomically(_defaults_path(), lambda tmp: tmp.write_text(text))
-
-
-def choose_imagenet_weights(arch: str) -> tuple[WeightEntry | None, str]:
-    """The ImageNet entry of ``arch`` that ``backbone_weights: auto`` starts from, and why.
-
-    The entry marked with `set_default`; without one, the entry with the lowest recorded
-    ``top1_err``, entries without one after those with it, ties going to the newest. Returns
-    ``(None, "")`` when the store holds no ImageNet entry of ``arch``.
-    """
-    entries = [e for e in list_weights(arch) if e.dataset.lower() == "imagenet"]
-    marked = default_tag(arch)
-    for entry in entries:
-        if entry.tag == marked:
-            return entry, "the default set with `resdet weights default`"
-    if not entries:
-        return None, ""
-
-    def rank(entry: WeightEntry) -> tuple[float, float]:
-        error = entry.metrics.get("top1_err", float("inf"))
-        return error, -datetime.fromisoformat(entry.date).timestamp()
-
-    best = min(entries, key=rank)
-    if len(entries) == 1:
-        why = "the only ImageNet entry"
-    elif "top1_err" in best.metrics:
-        why = (
-            f"the lowest recorded top-1 error ({best.metrics['top1_err']:.2%}) of "
-            f"{len(entries)} ImageNet entries"
-        )
-    else:
-        why = f"the newest of {len(entries)} ImageNet entries (none records a top-1 error)"
-    return best, why + "; `resdet weights default` fixes the choice"
 
 
 def load_into(model: nn.Module, entry: WeightEntry) -> None:
@@ -246,7 +187,7 @@ def add_weights(
     """
     from resdet import __version__  # deferred: resdet/__init__ imports the models package
 
-    spec = _spec(arch)
+    spec = check_arch(arch)
     _check_tag(tag)
     problems = _mismatches(state_dict, _reference(spec, variant, num_classes), arch)
     if problems:
@@ -282,39 +223,22 @@ def add_weights(
 
 def remove_weights(arch: str, tag: str) -> None:
     """Delete a tag's .safetensors file and manifest; FileNotFoundError when neither exists."""
-    _spec(arch)
+    check_arch(arch)
     _check_tag(tag)
     path = store_root() / arch / f"{tag}.safetensors"
     files = [p for p in (path, path.with_suffix(".json")) if p.exists()]
     if not files:
         raise FileNotFoundError(f"no weights tagged {tag!r} for {arch} in {path.parent}")
+    from resdet.models.weight_defaults import default_tag, set_default  # it imports this module
+
     if default_tag(arch) == tag:
         set_default(arch, None)
     for p in files:
         p.unlink()
 
 
-def _defaults_path() -> Path:
-    return store_root() / "defaults.json"
-
-
-def _read_defaults() -> dict[str, str]:
-    path = _defaults_path()
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(
-            f"{path} is not valid JSON ({err}); fix it or delete it and set the defaults again "
-            "with `resdet weights default ARCH TAG`"
-        ) from None
-    if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-        raise ValueError(f'{path} should map architectures to tags, e.g. {{"resnet50": "tv"}}')
-    return data
-
-
-def _spec(arch: str) -> ModelSpec:
+def check_arch(arch: str) -> ModelSpec:
+    """The registry spec of ``arch``; ValueError (with close names) for an unknown one."""
     try:
         return get_spec(arch)
     except KeyError as err:

@@ -11,15 +11,13 @@ from torchvision.ops import FrozenBatchNorm2d
 import resdet
 from resdet.models.factory import Variant
 from resdet.models.torchvision_io import export_torchvision, import_torchvision
+from resdet.models.weight_defaults import choose_imagenet_weights, default_tag, set_default
 from resdet.models.weights import (
     add_weights,
-    choose_imagenet_weights,
-    default_tag,
     find_weights,
     list_weights,
     load_into,
     remove_weights,
-    set_default,
     store_root,
 )
 
