@@ -4,8 +4,9 @@ conv1..conv4 (stem, res2..res4) form the shared body at stride 16 that feeds the
 pooler; conv5_x runs per RoI, followed by global average pooling and the two sibling layers
 (``FastRCNNPredictor``). The paper pooled with RoI pooling; like detectron2's ``Res5ROIHeads``
 resdet uses RoIAlign (14x14, torchvision's numbers; ``resdet.models.roi_align``), which is more
-accurate. With masks, the mask branch reuses the same res5 on 14x14 RoIs of res4, as
-detectron2's C4.
+accurate. With masks the mask branch shares that res5, as in detectron2's C4: in training it
+takes the box branch's res5 maps of the foreground sampled RoIs (``BoxMaskHeads``), at
+inference it pools 14x14 RoIs of res4 at the detected boxes and runs res5 on them.
 ``DetectorParts`` is the set of modules either head layout hands to ``build_detector``.
 """
 
@@ -25,6 +26,7 @@ from resdet.models.anchors import ExactAnchorGenerator
 from resdet.models.resnet import ResNet
 from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
+C4_SAMPLING_RATIO = 0  # adaptive, as detectron2's C4 pooler
 _STEM_AND_RES2_TO_RES4 = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")
 
 
@@ -82,10 +84,12 @@ class Res5MaskHead(nn.Module):
     """The mask branch's trunk in detectron2's C4 design: the box head's own res5.
 
     [N, C4, 14, 14] pooled res4 features of the RoIs -> [N, C5, 7, 7]; ``MaskRCNNPredictor``
-    then upsamples 2x to 14x14 mask logits. The box head is held outside the module tree so
-    the shared res5 weights appear once in the state dict (under ``roi_heads.box_head.res5``)
-    and once in ``parameters()``; moving or copying the model still moves/copies them
-    together, because they are the same module object.
+    then upsamples 2x to 14x14 mask logits. ``BoxMaskHeads`` calls it at inference only, on the
+    detections: in training the box branch has already run res5 on the sampled RoIs, and the
+    mask predictor takes those maps of the foreground ones. The box head is held outside the
+    module tree so the shared res5 weights appear once in the state dict (under
+    ``roi_heads.box_head.res5``) and once in ``parameters()``; moving or copying the model
+    still moves/copies them together, because they are the same module object.
     """
 
     def __init__(self, box_head: Res5BoxHead) -> None:
@@ -133,24 +137,28 @@ def c4_parts(
     *,
     roi_aligned: bool = False,
     anchor_rounding: bool = True,
+    sampling_ratio: int | None = None,
 ) -> DetectorParts:
     """The C4 modules around ``resnet``, which they take over (its ``fc`` is left out).
 
     One RPN level at stride 16 with ``len(anchor_sizes) * len(aspect_ratios)`` anchors per
     location (15 by default); ``num_classes`` counts object classes without background.
-    ``roi_aligned`` and ``anchor_rounding`` as in ``resdet.models.conventions``.
+    ``roi_aligned``, ``anchor_rounding`` and ``sampling_ratio`` (None: 0, adaptive) as in
+    ``resdet.models.conventions``.
     """
     res5_channels = resnet.feature_info["res5"][0]
     box_head = Res5BoxHead(resnet.layer4, res5_channels, channels_last)
-    # sampling_ratio=0 samples ceil(RoI size / 14) points per bin, as detectron2's C4 pooler.
+    # sampling_ratio 0 samples ceil(RoI size / 14) points per bin, as detectron2's C4 pooler.
+    pool_options = {
+        "sampling_ratio": C4_SAMPLING_RATIO if sampling_ratio is None else sampling_ratio,
+        "aligned": roi_aligned,
+    }
     parts = DetectorParts(
         backbone=C4Backbone(resnet, channels_last),
         anchor_generator=anchor_generator(
             (tuple(anchor_sizes),), (tuple(aspect_ratios),), (16,), anchor_rounding
         ),
-        box_roi_pool=GatherMultiScaleRoIAlign(
-            ["res4"], output_size=14, sampling_ratio=0, aligned=roi_aligned
-        ),
+        box_roi_pool=GatherMultiScaleRoIAlign(["res4"], output_size=14, **pool_options),
         box_head=box_head,
         box_predictor=FastRCNNPredictor(res5_channels, num_classes + 1),
     )
@@ -158,9 +166,7 @@ def c4_parts(
         return parts
     return replace(
         parts,
-        mask_roi_pool=GatherMultiScaleRoIAlign(
-            ["res4"], output_size=14, sampling_ratio=0, aligned=roi_aligned
-        ),
+        mask_roi_pool=GatherMultiScaleRoIAlign(["res4"], output_size=14, **pool_options),
         mask_head=Res5MaskHead(box_head),
         mask_predictor=MaskRCNNPredictor(res5_channels, 256, num_classes + 1),
     )

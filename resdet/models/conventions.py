@@ -14,7 +14,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchvision.models.detection import FasterRCNN
 
 from resdet.models.mask_paste import MaskPaste
 from resdet.models.rcnn_heads import TORCHVISION_BETA
@@ -85,7 +84,7 @@ class RCNNConventions:
 TORCHVISION = RCNNConventions()
 
 
-def init_heads_as_detectron2(model: FasterRCNN) -> None:
+def init_heads_as_detectron2(model: nn.Module) -> None:
     """detectron2's initialisation of the heads that differ from torchvision's (in place).
 
     The RPN head (std 0.01 normal, zero bias), the FPN (Kaiming-uniform a=1) and the mask

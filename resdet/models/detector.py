@@ -1,4 +1,4 @@
-"""Faster R-CNN and Mask R-CNN (torchvision's classes) around a registry ResNet backbone.
+"""Faster R-CNN and Mask R-CNN (torchvision's modules) around a registry ResNet backbone.
 
 Two head layouts: ``c4`` as in the paper's Appendix A (see ``resdet.models.c4``) and ``fpn`` as in
 torchvision's ``fasterrcnn_resnet50_fpn`` / ``maskrcnn_resnet50_fpn``, whose parameter names it
@@ -15,30 +15,26 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models.detection import FasterRCNN, MaskRCNN
-from torchvision.models.detection.backbone_utils import BackboneWithFPN
-from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
 from torchvision.ops import FrozenBatchNorm2d
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from resdet.data.cls_transforms import IMAGENET_MEAN, IMAGENET_STD
 from resdet.models.api import create_model
 from resdet.models.blocks import Shortcut
-from resdet.models.c4 import DetectorParts, anchor_generator, c4_parts, maybe_channels_last
+from resdet.models.c4 import DetectorParts, c4_parts
 from resdet.models.conventions import TORCHVISION, RCNNConventions, init_heads_as_detectron2
 from resdet.models.factory import get_spec
+from resdet.models.fpn import fpn_parts
 from resdet.models.mask_paste import RCNNTransform
+from resdet.models.rcnn import Detector, DetectorInfo, Head
 from resdet.models.rcnn_heads import RPN, BoxMaskHeads
 from resdet.models.rcnn_settings import RoIHeadSettings, RPNSettings
 from resdet.models.resnet import ResNet
-from resdet.models.roi_align import GatherMultiScaleRoIAlign
 
 __all__ = [
     "FusedFrozenBatchNorm2d",
@@ -48,13 +44,8 @@ __all__ = [
     "resolve_backbone_weights",
 ]
 
-Head = Literal["c4", "fpn"]
 DEFAULT_RPN = RPNSettings()
 DEFAULT_ROI_HEADS = RoIHeadSettings()
-FPN_CHANNELS = 256
-# P2..P5 from res2..res5 plus P6 from LastLevelMaxPool; the FPN takes one anchor size per level.
-FPN_LEVELS = 5
-FPN_STRIDES = (4, 8, 16, 32, 64)
 # torchvision's trainable_backbone_layers order: the last k of these names are trained.
 _STAGES_TOP_DOWN = ("layer4", "layer3", "layer2", "layer1", "conv1")
 # Layers whose shape depends on the number of classes; only they may differ on loading.
@@ -83,7 +74,7 @@ def build_detector(
     roi_heads: RoIHeadSettings = DEFAULT_ROI_HEADS,
     conventions: RCNNConventions = TORCHVISION,
     train_resize: bool = True,
-) -> FasterRCNN:
+) -> Detector:
     """Faster R-CNN (``masks=False``) or Mask R-CNN on the registry backbone ``backbone``.
 
     ``backbone`` is an ImageNet-family name (resnet18..152, plain18..152); ``num_classes``
@@ -110,8 +101,8 @@ def build_detector(
     skips the model's resize in training, for data pipelines that resize (and draw the
     multi-scale size) themselves, as resdet's do.
 
-    The model records ``num_classes``, ``head``, ``backbone_name``, ``masks`` and
-    ``backbone_init`` (a sentence on where the backbone weights came from) as attributes.
+    The model's ``info`` (``resdet.models.rcnn.DetectorInfo``) records the backbone, head,
+    number of classes, masks and where the backbone weights came from.
     """
     if head not in ("c4", "fpn"):
         raise ValueError(f"head must be 'c4' or 'fpn', got {head!r}")
@@ -133,79 +124,74 @@ def build_detector(
             channels_last,
             roi_aligned=conventions.roi_aligned,
             anchor_rounding=conventions.anchor_rounding,
+            sampling_ratio=conventions.roi_sampling_ratio,
         )
     else:
-        parts = _fpn_parts(
-            resnet,
-            num_classes,
-            masks,
-            rpn.anchor_sizes,
-            rpn.aspect_ratios,
-            roi_heads.box_head_width,
-            roi_heads.mask_head_layers,
-            channels_last,
-            conventions,
-        )
-    common = {
-        "min_size": min_size,
-        "max_size": max_size,
-        "rpn_anchor_generator": parts.anchor_generator,
-        "rpn_pre_nms_top_n_train": rpn.pre_nms_top_n_train,
-        "rpn_pre_nms_top_n_test": rpn.pre_nms_top_n_test,
-        "rpn_post_nms_top_n_train": rpn.post_nms_top_n_train,
-        "rpn_post_nms_top_n_test": rpn.post_nms_top_n_test,
-        "rpn_batch_size_per_image": rpn.batch_size_per_image,
-        "box_roi_pool": parts.box_roi_pool,
-        "box_head": parts.box_head,
-        "box_predictor": parts.box_predictor,
-        "box_score_thresh": roi_heads.score_thresh,
-        "box_nms_thresh": roi_heads.nms_thresh,
-        "box_detections_per_img": roi_heads.detections_per_img,
-        "box_batch_size_per_image": roi_heads.batch_size_per_image,
-    }
-    # torchvision's default image_mean/std are the ImageNet RGB statistics in [0, 1] units,
-    # the same normalisation resdet's classifiers train with.
-    if masks:
-        model = MaskRCNN(
-            parts.backbone,
-            None,
-            mask_roi_pool=parts.mask_roi_pool,
-            mask_head=parts.mask_head,
-            mask_predictor=parts.mask_predictor,
-            **common,
-        )
-    else:
-        model = FasterRCNN(parts.backbone, None, **common)
-    model.rpn = RPN.from_torchvision(model.rpn, conventions.rpn_box_loss_beta)
-    model.roi_heads = BoxMaskHeads.from_torchvision(model.roi_heads, conventions.roi_box_loss_beta)
+        parts = fpn_parts(resnet, num_classes, masks, rpn, roi_heads, channels_last, conventions)
+    info = DetectorInfo(backbone, head, num_classes, masks, backbone_init)
+    model = Detector(
+        parts.backbone,
+        _rpn(parts, rpn, conventions),
+        _roi_heads(parts, roi_heads, conventions),
+        # ImageNet's RGB statistics in [0, 1] units, as resdet's classifiers train with.
+        RCNNTransform(
+            min_size,
+            max_size,
+            list(IMAGENET_MEAN),
+            list(IMAGENET_STD),
+            size_divisible=conventions.size_divisible,
+            # The data pipeline already resized each training image (multi-scale draws
+            # included); torchvision's own random resize would resize it a second time.
+            skip_resize=not train_resize,
+            mask_paste=conventions.mask_paste,
+        ),
+        info,
+    )
     # Box coordinates decoded in bf16 land on 2-8 px steps at 600-1333 px; the heads' outputs
     # feed that decoding, so they are handed on in float32 even under autocast.
     for module in (model.rpn.head, model.roi_heads.box_predictor):
         module.register_forward_hook(_outputs_to_float32)
-    # When the data pipeline already resized each training image (multi-scale draws included),
-    # torchvision's own random resize would resize it a second time. Eval always resizes.
-    old = model.transform
-    model.transform = RCNNTransform(
-        old.min_size,
-        old.max_size,
-        old.image_mean,
-        old.image_std,
-        size_divisible=conventions.size_divisible,
-        _skip_resize=not train_resize,
-    )
-    model.transform.mask_paste = conventions.mask_paste
-    if conventions.roi_sampling_ratio is not None:
-        for pool in (model.roi_heads.box_roi_pool, model.roi_heads.mask_roi_pool):
-            if pool is not None:
-                pool.sampling_ratio = conventions.roi_sampling_ratio
     if conventions.head_init == "detectron2":
         init_heads_as_detectron2(model)
-    model.num_classes = num_classes
-    model.head = head
-    model.backbone_name = backbone
-    model.masks = masks
-    model.backbone_init = backbone_init
     return model
+
+
+def _rpn(parts: DetectorParts, settings: RPNSettings, conventions: RCNNConventions) -> RPN:
+    generator = parts.anchor_generator
+    return RPN(
+        generator,
+        RPNHead(parts.backbone.out_channels, generator.num_anchors_per_location()[0]),
+        fg_iou_thresh=settings.fg_iou_thresh,
+        bg_iou_thresh=settings.bg_iou_thresh,
+        batch_size_per_image=settings.batch_size_per_image,
+        positive_fraction=settings.positive_fraction,
+        pre_nms_top_n=settings.top_n("pre_nms"),
+        post_nms_top_n=settings.top_n("post_nms"),
+        nms_thresh=settings.nms_thresh,
+        box_loss_beta=conventions.rpn_box_loss_beta,
+    )
+
+
+def _roi_heads(
+    parts: DetectorParts, settings: RoIHeadSettings, conventions: RCNNConventions
+) -> BoxMaskHeads:
+    return BoxMaskHeads(
+        parts.box_roi_pool,
+        parts.box_head,
+        parts.box_predictor,
+        fg_iou_thresh=settings.fg_iou_thresh,
+        bg_iou_thresh=settings.bg_iou_thresh,
+        batch_size_per_image=settings.batch_size_per_image,
+        positive_fraction=settings.positive_fraction,
+        bbox_reg_weights=None,  # torchvision's (10, 10, 5, 5), as detectron2's
+        score_thresh=settings.score_thresh,
+        nms_thresh=settings.nms_thresh,
+        detections_per_img=settings.detections_per_img,
+        mask_roi_pool=parts.mask_roi_pool,
+        mask_head=parts.mask_head,
+        mask_predictor=parts.mask_predictor,
+        box_loss_beta=conventions.roi_box_loss_beta,
+    )
 
 
 def _outputs_to_float32(module: nn.Module, inputs: object, outputs: object) -> object:
@@ -277,7 +263,7 @@ def freeze_stages(resnet: nn.Module, trainable_stages: int) -> None:
             parameter.requires_grad_(False)
 
 
-def load_detector_state(model: FasterRCNN, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+def load_detector_state(model: Detector, state_dict: Mapping[str, torch.Tensor]) -> list[str]:
     """Load a detection state dict into ``model``; returns messages for the user to read.
 
     When only the number of classes differs, the class-dependent predictor layers
@@ -340,27 +326,6 @@ class FusedFrozenBatchNorm2d(FrozenBatchNorm2d):
         )
 
 
-class FPNBackbone(BackboneWithFPN):
-    """torchvision's ResNet-FPN backbone (same modules and names), optionally channels-last.
-
-    Normalised [B, 3, H, W] -> OrderedDict "0".."3" (P2..P5, strides 4..32) and "pool" (P6,
-    stride 64), each [B, 256, H/s, W/s].
-    """
-
-    def __init__(self, resnet: ResNet, channels_last: bool) -> None:
-        super().__init__(
-            resnet,
-            return_layers={f"layer{i + 1}": str(i) for i in range(4)},
-            in_channels_list=[resnet.feature_info[f"res{i}"][0] for i in range(2, 6)],
-            out_channels=FPN_CHANNELS,
-            extra_blocks=LastLevelMaxPool(),
-        )
-        self.channels_last = channels_last
-
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return super().forward(maybe_channels_last(x, self.channels_last))
-
-
 def _registry_backbone(
     arch: str,
     backbone_weights: str | Path | None,
@@ -388,53 +353,7 @@ def _registry_backbone(
     return resnet, message
 
 
-def _fpn_parts(
-    resnet: ResNet,
-    num_classes: int,
-    masks: bool,
-    anchor_sizes: tuple[int, ...],
-    aspect_ratios: tuple[float, ...],
-    box_head_width: int,
-    mask_head_layers: tuple[int, ...],
-    channels_last: bool,
-    conventions: RCNNConventions,
-) -> DetectorParts:
-    if len(anchor_sizes) != FPN_LEVELS:
-        raise ValueError(
-            f"the FPN head has {FPN_LEVELS} levels (P2-P6) and takes one anchor size per level, "
-            f"got {len(anchor_sizes)}: {anchor_sizes}; e.g. (32, 64, 128, 256, 512)"
-        )
-    # Module for module what torchvision's fasterrcnn/maskrcnn_resnet50_fpn build by default.
-    levels = ["0", "1", "2", "3"]
-    parts = DetectorParts(
-        backbone=FPNBackbone(resnet, channels_last),
-        anchor_generator=anchor_generator(
-            tuple((size,) for size in anchor_sizes),
-            (tuple(aspect_ratios),) * FPN_LEVELS,
-            FPN_STRIDES,
-            conventions.anchor_rounding,
-        ),
-        box_roi_pool=GatherMultiScaleRoIAlign(
-            levels, output_size=7, sampling_ratio=2, aligned=conventions.roi_aligned
-        ),
-        box_head=TwoMLPHead(FPN_CHANNELS * 7**2, box_head_width),
-        box_predictor=FastRCNNPredictor(box_head_width, num_classes + 1),
-    )
-    if not masks:
-        return parts
-    return replace(
-        parts,
-        mask_roi_pool=GatherMultiScaleRoIAlign(
-            levels, output_size=14, sampling_ratio=2, aligned=conventions.roi_aligned
-        ),
-        mask_head=MaskRCNNHeads(FPN_CHANNELS, list(mask_head_layers), 1),
-        mask_predictor=MaskRCNNPredictor(
-            mask_head_layers[-1], mask_head_layers[-1], num_classes + 1
-        ),
-    )
-
-
-def _reset_predictor(model: FasterRCNN) -> None:
+def _reset_predictor(model: Detector) -> None:
     box_predictor = model.roi_heads.box_predictor
     box_predictor.cls_score.reset_parameters()
     box_predictor.bbox_pred.reset_parameters()
@@ -445,14 +364,13 @@ def _reset_predictor(model: FasterRCNN) -> None:
         nn.init.kaiming_normal_(logits.weight, mode="fan_out", nonlinearity="relu")
 
 
-def _num_classes(model: FasterRCNN) -> int:
+def _num_classes(model: Detector) -> int:
     return model.roi_heads.box_predictor.cls_score.out_features - 1
 
 
-def _describe(model: FasterRCNN) -> str:
-    head = getattr(model, "head", "?")
-    kind = "Mask R-CNN" if model.roi_heads.has_mask() else "Faster R-CNN"
-    return f"{getattr(model, 'backbone_name', '?')}-{head} {kind} ({_num_classes(model)} classes)"
+def _describe(model: Detector) -> str:
+    kind = "Mask R-CNN" if model.info.masks else "Faster R-CNN"
+    return f"{model.info.backbone}-{model.info.head} {kind} ({model.info.num_classes} classes)"
 
 
 def _is_bn_counter(key: str) -> bool:

@@ -47,9 +47,32 @@ def paste_masks_detectron2(masks: Tensor, boxes: Tensor, image_size: tuple[int, 
 
 class RCNNTransform(GeneralizedRCNNTransform):
     """torchvision's ``GeneralizedRCNNTransform`` whose ``postprocess`` pastes masks the
-    ``mask_paste`` way (boxes are mapped back to the original image size as before)."""
+    ``mask_paste`` way (boxes are mapped back to the original image size as before).
 
-    mask_paste: MaskPaste = "torchvision"
+    ``skip_resize`` leaves training images at their size, for data pipelines that resize (and
+    draw the multi-scale size) themselves; evaluation always resizes.
+    """
+
+    def __init__(
+        self,
+        min_size: int | tuple[int, ...],
+        max_size: int,
+        image_mean: list[float],
+        image_std: list[float],
+        *,
+        size_divisible: int = 32,
+        skip_resize: bool = False,
+        mask_paste: MaskPaste = "torchvision",
+    ) -> None:
+        super().__init__(
+            min_size,
+            max_size,
+            image_mean,
+            image_std,
+            size_divisible=size_divisible,
+            _skip_resize=skip_resize,
+        )
+        self.mask_paste = mask_paste
 
     def postprocess(
         self,

@@ -5,16 +5,21 @@ losses are otherwise torchvision's: the RPN's box loss is summed over the sample
 anchors and divided by the number of sampled anchors, the RoI head's summed over the positive
 RoIs (at their class's regression) and divided by all sampled RoIs; detectron2 normalises the
 same way (its RPN by ``batch_size_per_image x images``, which is the number of sampled anchors
-whenever an image has enough of them). Inference is untouched.
+whenever an image has enough of them). Inference is untouched. The C4 mask branch trains on the
+box branch's res5 maps, as detectron2's ``Res5ROIHeads`` (see ``BoxMaskHeads``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork
+
+from resdet.models.c4 import Res5MaskHead
 
 TORCHVISION_BETA = 1 / 9
 
@@ -29,25 +34,10 @@ def box_regression_loss(deltas: Tensor, targets: Tensor, beta: float) -> Tensor:
 class RPN(RegionProposalNetwork):
     """torchvision's ``RegionProposalNetwork`` whose box loss uses ``box_loss_beta``."""
 
-    box_loss_beta: float = TORCHVISION_BETA
-
-    @classmethod
-    def from_torchvision(cls, rpn: RegionProposalNetwork, box_loss_beta: float) -> RPN:
-        """The same RPN (modules, thresholds, sampling, top-n) with another box-loss beta."""
-        new = cls(
-            rpn.anchor_generator,
-            rpn.head,
-            fg_iou_thresh=rpn.proposal_matcher.high_threshold,
-            bg_iou_thresh=rpn.proposal_matcher.low_threshold,
-            batch_size_per_image=rpn.fg_bg_sampler.batch_size_per_image,
-            positive_fraction=rpn.fg_bg_sampler.positive_fraction,
-            pre_nms_top_n=rpn._pre_nms_top_n,
-            post_nms_top_n=rpn._post_nms_top_n,
-            nms_thresh=rpn.nms_thresh,
-            score_thresh=rpn.score_thresh,
-        )
-        new.box_loss_beta = box_loss_beta
-        return new
+    def __init__(self, *args: Any, box_loss_beta: float = TORCHVISION_BETA, **kwargs: Any) -> None:
+        """torchvision's arguments, and the smooth-L1 ``box_loss_beta`` (0: L1)."""
+        super().__init__(*args, **kwargs)
+        self.box_loss_beta = box_loss_beta
 
     def compute_loss(
         self,
@@ -82,33 +72,22 @@ class BoxMaskHeads(RoIHeads):
     then the classification and box losses, or ``postprocess_detections``; then the mask branch
     on the positive RoIs (training) or the detections (inference) with torchvision's
     ``maskrcnn_loss`` / ``maskrcnn_inference``.
+
+    With the C4 mask head (``Res5MaskHead``, which shares the box head's res5) training does
+    not pool the positive RoIs again nor run res5 on them a second time: the box branch keeps
+    its res5 maps [N, C5, 7, 7] of all sampled RoIs and the mask predictor takes the positive
+    ones, as detectron2's ``Res5ROIHeads``. Those are the maps the second pass would compute
+    from the same 14x14 RoIs (same loss, same gradients) when BN in res5 is frozen; with
+    trainable BN they are normalised with all sampled RoIs' batch statistics, not the positive
+    ones' alone. Inference pools the detections and runs res5 on them (they are not proposals).
     """
 
-    box_loss_beta: float = TORCHVISION_BETA
-
-    @classmethod
-    def from_torchvision(cls, heads: RoIHeads, box_loss_beta: float) -> BoxMaskHeads:
-        """The same heads (modules, matching, sampling, test thresholds) with another beta."""
-        if heads.has_keypoint():
+    def __init__(self, *args: Any, box_loss_beta: float = TORCHVISION_BETA, **kwargs: Any) -> None:
+        """torchvision's arguments (no keypoint heads), and the smooth-L1 ``box_loss_beta``."""
+        super().__init__(*args, **kwargs)
+        if self.has_keypoint():
             raise ValueError("keypoint heads are not supported")
-        new = cls(
-            heads.box_roi_pool,
-            heads.box_head,
-            heads.box_predictor,
-            fg_iou_thresh=heads.proposal_matcher.high_threshold,
-            bg_iou_thresh=heads.proposal_matcher.low_threshold,
-            batch_size_per_image=heads.fg_bg_sampler.batch_size_per_image,
-            positive_fraction=heads.fg_bg_sampler.positive_fraction,
-            bbox_reg_weights=heads.box_coder.weights,
-            score_thresh=heads.score_thresh,
-            nms_thresh=heads.nms_thresh,
-            detections_per_img=heads.detections_per_img,
-            mask_roi_pool=heads.mask_roi_pool,
-            mask_head=heads.mask_head,
-            mask_predictor=heads.mask_predictor,
-        )
-        new.box_loss_beta = box_loss_beta
-        return new
+        self.box_loss_beta = box_loss_beta
 
     def forward(
         self,
@@ -126,7 +105,9 @@ class BoxMaskHeads(RoIHeads):
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
                 proposals, targets
             )
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        box_features, res5_maps = self._box_features(
+            self.box_roi_pool(features, proposals, image_shapes)
+        )
         class_logits, box_regression = self.box_predictor(box_features)
         result: list[dict[str, Tensor]] = []
         if self.training:
@@ -143,10 +124,25 @@ class BoxMaskHeads(RoIHeads):
         if self.has_mask():
             losses.update(
                 self._mask_branch(
-                    features, proposals, image_shapes, targets, result, matched_idxs, labels
+                    features,
+                    proposals,
+                    image_shapes,
+                    targets,
+                    result,
+                    matched_idxs,
+                    labels,
+                    res5_maps,
                 )
             )
         return result, losses
+
+    def _box_features(self, pooled: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The box head's features of the pooled RoIs, and in C4 Mask R-CNN training also the
+        res5 maps [N, C5, 7, 7] they are averaged from, for the mask branch (else None)."""
+        if not (self.training and isinstance(self.mask_head, Res5MaskHead)):
+            return self.box_head(pooled), None
+        res5_maps = self.box_head.run_res5(pooled)
+        return res5_maps.mean(dim=(2, 3)), res5_maps  # as Res5BoxHead.forward
 
     def _box_losses(
         self,
@@ -177,17 +173,25 @@ class BoxMaskHeads(RoIHeads):
         result: list[dict[str, Tensor]],
         matched_idxs: list[Tensor] | None,
         labels: list[Tensor] | None,
+        res5_maps: Tensor | None,
     ) -> dict[str, Tensor]:
-        """The mask loss in training (on positive RoIs); in eval, adds ``masks`` to ``result``."""
+        """The mask loss in training (on positive RoIs); in eval, adds ``masks`` to ``result``.
+
+        ``res5_maps``: the box branch's maps of all sampled RoIs (C4 training), whose positive
+        ones replace pooling and running the mask head again; None pools ``mask_boxes``.
+        """
         if self.training:
             positive = [torch.where(image_labels > 0)[0] for image_labels in labels]
             mask_boxes = [p[keep] for p, keep in zip(proposals, positive, strict=True)]
             matched = [m[keep] for m, keep in zip(matched_idxs, positive, strict=True)]
         else:
             mask_boxes = [r["boxes"] for r in result]
-        mask_logits = self.mask_predictor(
-            self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes))
-        )
+        if res5_maps is not None:
+            # image by image, positives in proposal order: the order of mask_boxes
+            mask_features = res5_maps[torch.cat(labels) > 0]
+        else:
+            mask_features = self.mask_head(self.mask_roi_pool(features, mask_boxes, image_shapes))
+        mask_logits = self.mask_predictor(mask_features)
         if self.training:
             loss = maskrcnn_loss(
                 mask_logits,

@@ -16,8 +16,11 @@ class RPNSettings:
 
     ``anchor_sizes`` in pixels: C4 puts them all on its one stride-16 level (times
     ``aspect_ratios``: 15 anchors per location); FPN puts one per level P2..P6 (5 sizes).
-    ``pre_nms_top_n_*``: proposals kept per level before NMS, ``post_nms_top_n_*``: per image
-    after it; ``batch_size_per_image``: anchors sampled per image for the loss.
+    ``pre_nms_top_n_*``: proposals kept per level before NMS (IoU ``nms_thresh``),
+    ``post_nms_top_n_*``: per image after it. For the loss, anchors with IoU >= ``fg_iou_thresh``
+    to a ground-truth box are positives, < ``bg_iou_thresh`` negatives, and
+    ``batch_size_per_image`` of them are sampled per image, at most ``positive_fraction``
+    positive.
     """
 
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -26,7 +29,11 @@ class RPNSettings:
     pre_nms_top_n_test: int = 1000
     post_nms_top_n_train: int = 2000
     post_nms_top_n_test: int = 1000
+    nms_thresh: float = 0.7
+    fg_iou_thresh: float = 0.7
+    bg_iou_thresh: float = 0.3
     batch_size_per_image: int = 256
+    positive_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         counts = {
@@ -59,14 +66,19 @@ class RPNSettings:
 class RoIHeadSettings:
     """The box and mask heads on the pooled RoIs.
 
-    ``batch_size_per_image``: RoIs sampled per image for the losses. ``box_head_width``: the FPN
+    For the losses, proposals with IoU >= ``fg_iou_thresh`` are foreground, < ``bg_iou_thresh``
+    background, and ``batch_size_per_image`` of them are sampled per image, at most
+    ``positive_fraction`` foreground. ``box_head_width``: the FPN
     box head's two fc layers (C4's box head is res5, whose width the backbone fixes).
     ``mask_head_layers``: the FPN mask head's 3x3 conv widths (torchvision's four 256s dominate
     the CPU time of small-image training). ``score_thresh``, ``nms_thresh`` (per class) and
     ``detections_per_img`` select the detections at test time.
     """
 
+    fg_iou_thresh: float = 0.5
+    bg_iou_thresh: float = 0.5
     batch_size_per_image: int = 512
+    positive_fraction: float = 0.25
     box_head_width: int = 1024
     mask_head_layers: tuple[int, ...] = (256, 256, 256, 256)
     score_thresh: float = 0.05

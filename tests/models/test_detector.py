@@ -86,7 +86,7 @@ def test_detector_trains_and_predicts(head: str, masks: bool, frozen_bn: bool) -
         frozen_bn=frozen_bn,
         **SMALL,
     )
-    assert (model.head, model.backbone_name, model.num_classes) == (head, "resnet18", 3)
+    assert (model.info.head, model.info.backbone, model.info.num_classes) == (head, "resnet18", 3)
     images, targets = _batch(masks)
 
     model.train()
@@ -284,8 +284,8 @@ def test_auto_weights_warn_when_the_store_has_none(
     monkeypatch.setenv("RESDET_HOME", str(tmp_path))
     with torch.device("meta"), pytest.warns(UserWarning, match="no ImageNet weights for resnet18"):
         model = build_detector("resnet18", head="c4", num_classes=3)
-    assert "resdet weights import" in model.backbone_init
-    assert "resdet train-cls imagenet --depth 18" in model.backbone_init
+    assert "resdet weights import" in model.info.backbone_init
+    assert "resdet train-cls imagenet --depth 18" in model.info.backbone_init
 
 
 def test_auto_weights_take_the_newest_imagenet_entry(
@@ -312,7 +312,7 @@ def test_auto_weights_take_the_newest_imagenet_entry(
         entry.manifest_path.write_text(json.dumps(manifest))
         stored[tag] = state
     model = build_detector("resnet18", head="fpn", num_classes=3)
-    assert "'newer'" in model.backbone_init
+    assert "'newer'" in model.info.backbone_init
     body = model.backbone.body
     assert torch.equal(body.layer3[0].conv1.weight, stored["newer"]["layer3.0.conv1.weight"])
     assert torch.equal(body.bn1.running_var, stored["newer"]["bn1.running_var"])

@@ -129,9 +129,10 @@ def test_torchvisions_conventions_do_not_give_detectron2s_detections(tmp_path: P
     """The twin check can fail: the same weights under torchvision's RoIAlign and anchors."""
     recorded = record("faster_rcnn_R_50_FPN")
     cfg, state = imported(tmp_path, recorded)
-    torchvision_ways = replace(
-        cfg, model=replace(cfg.model, roi_aligned=False, anchor_rounding=True, roi_sampling_ratio=2)
+    conventions = replace(
+        cfg.model.conventions, roi_aligned=False, anchor_rounding=True, roi_sampling_ratio=2
     )
+    torchvision_ways = replace(cfg, model=replace(cfg.model, conventions=conventions))
     _, ours = run_on(torchvision_ways, state, recorded, 0)
     with pytest.raises(AssertionError, match="has no twin"):
         twins(ours, recorded["outputs"][0])
