@@ -96,9 +96,12 @@ class TrainLoader:
         pin_memory: page-locked host batches for faster, asynchronous copies to CUDA.
         shuffle: shuffle each epoch (a fixed order is only useful for debugging).
 
-    Worker processes are started for each epoch (no persistent workers): each epoch's
-    DataLoader gets its own batches and a generator seeded from ``(seed, epoch)``, so worker
-    RNGs are reproducible and the global torch RNG is never consumed by the loader.
+    One DataLoader serves the whole stream, so its workers start once and keep prefetching
+    across epoch boundaries and while the trainer evaluates; a new epoch only reshuffles the
+    indices the main process hands them. Samples depend on their per-sample seeds alone, so a
+    stream started at any batch yields the same batches with any number of workers. The
+    workers' own RNGs are seeded from ``(seed, first epoch)`` through the DataLoader's
+    generator, so the global torch RNG is never consumed by the loader.
     """
 
     def __init__(
@@ -143,28 +146,34 @@ class TrainLoader:
         return batch // self.batches_per_epoch
 
     def batches(self, start: int = 0) -> Iterator[Any]:
-        """Batches from global batch number ``start`` on, forever, as the DataLoader yields them."""
-        epoch, skip = divmod(start, self.batches_per_epoch)
-        while True:
-            yield from self._epoch_loader(epoch, skip)
-            epoch, skip = epoch + 1, 0
+        """Batches from global batch number ``start`` on, forever, as the DataLoader yields them.
 
-    def _epoch_loader(self, epoch: int, skip: int) -> DataLoader:
-        self.sampler.set_epoch(epoch)
+        Closing the iterator (``close()``) shuts the workers down.
+        """
+        epoch = start // self.batches_per_epoch
         generator = torch.Generator()
         generator.manual_seed(derive_seed(self.seed, LOADER_STREAM, epoch))
-        return DataLoader(
+        loader = DataLoader(
             self.dataset,
-            batch_sampler=itertools.islice(self.batch_sampler, skip, None),
+            batch_sampler=self._index_batches(start),
             num_workers=self.num_workers,
             collate_fn=self.collate_fn,
             pin_memory=self.pin_memory,
             worker_init_fn=init_worker,
             # Without a generator the DataLoader draws its worker base seed from the global
-            # torch RNG, which would make the model's RNG stream depend on the epoch boundaries.
+            # torch RNG, which would make the model's RNG stream depend on where a run started.
             generator=generator,
-            persistent_workers=False,
         )
+        yield from loader
+
+    def _index_batches(self, start: int) -> Iterator[list[Any]]:
+        """The ``(index, seed)`` batches from global batch ``start`` on: the rest of its epoch
+        (earlier batches skipped as index lists, nothing loaded), then every later epoch."""
+        epoch, skip = divmod(start, self.batches_per_epoch)
+        while True:
+            self.sampler.set_epoch(epoch)
+            yield from itertools.islice(self.batch_sampler, skip, None)
+            epoch, skip = epoch + 1, 0
 
 
 def build_eval_loader(

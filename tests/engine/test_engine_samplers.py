@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import signal
+import time
 
 import cv2
 import numpy as np
@@ -120,6 +122,29 @@ def test_train_loader_batches_do_not_depend_on_workers() -> None:
         images, labels = next(stream)
         assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
     stream.close()
+
+
+class _WorkerPid(Dataset):
+    """Each sample is the id of the process that loaded it."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key: tuple[int, int]) -> int:
+        return os.getpid()
+
+
+def test_train_loader_workers_persist_across_epochs_and_stop_on_close() -> None:
+    loader = TrainLoader(_WorkerPid(), batch_size=2, seed=0, num_workers=1)
+    stream = loader.batches()
+    pids = {int(pid) for batch in itertools.islice(stream, 6) for pid in batch}  # 3 epochs
+    assert len(pids) == 1 and os.getpid() not in pids  # one worker served every epoch
+    stream.close()
+    (worker,) = pids
+    with pytest.raises(ProcessLookupError):
+        for _ in range(50):  # the worker exits shortly after the stream is closed
+            os.kill(worker, 0)
+            time.sleep(0.1)
 
 
 def test_train_loader_rejects_a_dataset_smaller_than_a_batch() -> None:
