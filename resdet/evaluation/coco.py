@@ -162,19 +162,40 @@ class CocoEvaluator:
             self._per_image[image_id] = self._to_results(image_id, target, output)
 
     def compute(self) -> dict[str, float]:
-        """Gather across ranks and evaluate; every rank gets ``{"bbox/AP": ..., "segm/AP": ...}``
-        with the twelve :data:`STAT_NAMES` per iou type (fractions). Also fills
-        ``last_result`` (iou type -> :class:`CocoResult`)."""
-        per_image = gather_per_image(self._per_image)
+        """Gather to rank 0 and evaluate there; every rank gets ``{"bbox/AP": ...,
+        "segm/AP": ...}`` with the twelve :data:`STAT_NAMES` per iou type (fractions) and the
+        same ``last_result`` (iou type -> :class:`CocoResult`). Collective: call it on every
+        rank. Only rank 0 runs COCOeval: the others would compute the same numbers again, at
+        the same cost, while rank 0's GPU waits for them."""
+        per_image = gather_per_image(self._per_image, to_main=True)
+        outcome: tuple[dict[str, float], dict[str, CocoResult]] | Exception | None = None
+        if not _is_distributed() or dist.get_rank() == 0:
+            try:
+                outcome = self._evaluate(per_image)
+            except (RuntimeError, ValueError) as error:
+                outcome = error  # raised on every rank below, so none waits for the others
+        if _is_distributed():
+            holder = [outcome]
+            dist.broadcast_object_list(holder, src=0)
+            outcome = holder[0]
+        if isinstance(outcome, Exception):
+            raise outcome
+        metrics, self.last_result = outcome
+        return metrics
+
+    def _evaluate(
+        self, per_image: Mapping[int, list[dict[str, Any]]]
+    ) -> tuple[dict[str, float], dict[str, CocoResult]]:
         if not per_image:
             raise RuntimeError("CocoEvaluator.compute() before any process(): nothing to evaluate")
         results = [entry for image_id in sorted(per_image) for entry in per_image[image_id]]
         metrics: dict[str, float] = {}
+        last: dict[str, CocoResult] = {}
         for iou_type in self.iou_types:
             result = evaluate_coco(self.coco_gt, results, iou_type, image_ids=list(per_image))
-            self.last_result[iou_type] = result
+            last[iou_type] = result
             metrics.update({f"{iou_type}/{name}": value for name, value in result.stats.items()})
-        return metrics
+        return metrics, last
 
     def results(self) -> list[dict[str, Any]]:
         """All ranks' COCO results (``bbox`` xywh pixels of the original image, ``segmentation``
@@ -219,20 +240,31 @@ class CocoEvaluator:
             ) from None
 
 
-def gather_per_image(per_image: dict[K, V]) -> dict[K, V]:
-    """Merge ``image_id -> per-image results`` from every rank (``all_gather_object``); without
-    an initialised process group, a copy of ``per_image``. Samplers that pad shards (as
-    ``DistributedSampler`` does) repeat images on several ranks; the first rank's copy is kept,
-    so each image counts once. Collective: call it on every rank."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+def gather_per_image(per_image: dict[K, V], *, to_main: bool = False) -> dict[K, V]:
+    """Merge ``image_id -> per-image results`` from every rank (``all_gather_object``, or with
+    ``to_main`` ``gather_object`` to rank 0, the others getting ``{}``); without an initialised
+    process group, a copy of ``per_image``. Samplers that pad shards (as ``DistributedSampler``
+    does) repeat images on several ranks; the first rank's copy is kept, so each image counts
+    once. Collective: call it on every rank."""
+    if not _is_distributed() or dist.get_world_size() == 1:
         return dict(per_image)
     shards: list[dict[K, V] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(shards, per_image)
+    if to_main:
+        main = dist.get_rank() == 0
+        dist.gather_object(per_image, shards if main else None, dst=0)
+        if not main:
+            return {}
+    else:
+        dist.all_gather_object(shards, per_image)
     merged: dict[K, V] = {}
     for shard in shards:
         for image_id, value in (shard or {}).items():
             merged.setdefault(image_id, value)
     return merged
+
+
+def _is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
 
 
 def _model_image_size(

@@ -145,8 +145,14 @@ def test_images_repeated_across_ranks_count_once(
     def all_gather_object(shards: list[Any], obj: Any) -> None:
         shards[0], shards[1] = obj, rank1._per_image
 
+    def gather_object(obj: Any, shards: list[Any] | None, dst: int) -> None:
+        all_gather_object(shards, obj)  # seen from rank 0
+
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
     monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
     monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(dist, "gather_object", gather_object)
+    monkeypatch.setattr(dist, "broadcast_object_list", lambda holder, src: None)
     assert [r["image_id"] for r in rank0.results()] == [7, 7, 9]
     assert rank0.compute()["bbox/AP"] == 1.0
