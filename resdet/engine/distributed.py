@@ -7,6 +7,7 @@ variables everything here degrades to a single process (rank 0 of 1).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import signal
@@ -18,8 +19,15 @@ from typing import Any, NoReturn, TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
+
+
+# Collectives wait this long for a slow rank: rank 0 alone runs a COCO evaluation (minutes on
+# large sets) while the others wait for its numbers.
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def is_distributed() -> bool:
@@ -70,9 +78,10 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def init_distributed(device: str | torch.device = "auto") -> torch.device:
     """Join the torchrun process group when launched by torchrun; return this process's device.
 
-    Under torchrun with ``WORLD_SIZE > 1``: CUDA uses GPU ``LOCAL_RANK`` and the NCCL backend,
-    CPU uses gloo. Otherwise no process group is created and ``resolve_device(device)`` is
-    returned. Calling it again after the group exists only returns the device.
+    Under torchrun with ``WORLD_SIZE > 1``: CUDA uses GPU ``LOCAL_RANK`` and the NCCL backend
+    bound to that GPU (``device_id``), CPU uses gloo, both with ``PROCESS_GROUP_TIMEOUT``.
+    Otherwise no process group is created and ``resolve_device(device)`` is returned. Calling
+    it again after the group exists only returns the device.
     """
     device = resolve_device(device)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -82,8 +91,52 @@ def init_distributed(device: str | torch.device = "auto") -> torch.device:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
     if not is_distributed():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", timeout=PROCESS_GROUP_TIMEOUT, device_id=device)
+        else:
+            dist.init_process_group("gloo", timeout=PROCESS_GROUP_TIMEOUT)
     return device
+
+
+def configure_backends(device: torch.device, *, deterministic: bool, fixed_shapes: bool) -> None:
+    """cuDNN autotuning for speed, or deterministic kernels for bit-exact GPU runs.
+
+    ``fixed_shapes`` (classification crops): ``cudnn.benchmark`` times the convolution
+    algorithms once per input shape and keeps the fastest. Detection batches change shape with
+    every image size, and tuning each new one would cost more than it saves (detectron2 leaves
+    it off too). ``deterministic`` asks torch for deterministic algorithms (ops without one
+    warn) and turns autotuning off: GPU runs then resume bit-exactly, at the price of slower
+    kernels. CPU runs are deterministic either way.
+    """
+    torch.backends.cudnn.benchmark = device.type == "cuda" and fixed_shapes and not deterministic
+    torch.backends.cudnn.deterministic = deterministic
+    if deterministic:
+        # cuBLAS needs a fixed workspace for deterministic matrix products (CUDA docs).
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+
+
+def wrap_ddp(
+    model: nn.Module, device: torch.device, *, find_unused_parameters: bool = False
+) -> DistributedDataParallel:
+    """``model`` in ``DistributedDataParallel``, set up for speed.
+
+    Gradients live in the all-reduce buckets (no copy in and out of them), and rank 0's buffers
+    are broadcast before each forward only when training changes them (BatchNorm running
+    statistics; frozen BN's never change). ``find_unused_parameters`` for detectors whose heads
+    skip parameters on some batches.
+    """
+    changing_buffers = any(
+        isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
+        for m in model.modules()
+    )
+    return DistributedDataParallel(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=find_unused_parameters,
+        gradient_as_bucket_view=True,
+        broadcast_buffers=changing_buffers,
+    )
 
 
 def all_reduce_sum(values: Mapping[str, float]) -> dict[str, float]:

@@ -124,10 +124,8 @@ class Trainer:
         self.model = model.to(self.device, memory_format=memory_format)
         self.train_model: nn.Module = self.model
         if distributed.is_distributed():
-            self.train_model = DistributedDataParallel(
-                self.model,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=find_unused_parameters,
+            self.train_model = distributed.wrap_ddp(
+                self.model, self.device, find_unused_parameters=find_unused_parameters
             )
         self.optimizer = optimizer
         self.schedule = schedule

@@ -117,6 +117,7 @@ def train_classifier(
             "`--multi-scale` instead"
         )
     device = distributed.init_distributed(cfg.train.device)
+    distributed.configure_backends(device, deterministic=cfg.train.deterministic, fixed_shapes=True)
     seed_everything(cfg.train.seed)
     prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
     train_set = build_dataset(cfg.data, "train", train=True)

@@ -52,6 +52,8 @@ class TrainConfig:
     eval_period: int = 2000  # 0: evaluate only at the end
     checkpoint_period: int = 2000
     seed: int = 0
+    # deterministic GPU kernels (bit-exact resume on GPU, slower); CPU runs are deterministic
+    deterministic: bool = False
 
 
 @dataclass(frozen=True)

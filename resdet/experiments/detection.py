@@ -182,6 +182,9 @@ def train_detector(
 ) -> DetRunResult:
     """Train ``cfg`` into ``out_dir`` (config.yaml, metrics.jsonl, last.pt, eval.json), evaluate."""
     device = distributed.init_distributed(cfg.train.device)
+    distributed.configure_backends(
+        device, deterministic=cfg.train.deterministic, fixed_shapes=False
+    )
     seed_everything(cfg.train.seed)
     # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
     from_store = resume is None and not cfg.model.init

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from resdet.engine.distributed import all_reduce_mean, broadcast_from_main, run_and_exit
 
@@ -115,3 +116,42 @@ def test_run_and_exit_maps_ctrl_c_to_130() -> None:
         run_and_exit(interrupted)
     assert exit_info.value.code == 130
     assert torch.distributed.is_available()
+
+
+def test_backends_autotune_fixed_shapes_on_cuda_and_obey_deterministic() -> None:
+    from resdet.engine.distributed import configure_backends
+
+    cudnn = torch.backends.cudnn
+    before = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled())
+    try:
+        configure_backends(torch.device("cuda", 0), deterministic=False, fixed_shapes=True)
+        assert cudnn.benchmark and not cudnn.deterministic
+        configure_backends(torch.device("cuda", 0), deterministic=False, fixed_shapes=False)
+        assert not cudnn.benchmark  # detection: every image size would be tuned anew
+        configure_backends(torch.device("cuda", 0), deterministic=True, fixed_shapes=True)
+        assert not cudnn.benchmark and cudnn.deterministic
+        assert torch.are_deterministic_algorithms_enabled()
+        configure_backends(torch.device("cpu"), deterministic=False, fixed_shapes=True)
+        assert not cudnn.benchmark and not torch.are_deterministic_algorithms_enabled()
+    finally:
+        cudnn.benchmark, cudnn.deterministic = before[:2]
+        torch.use_deterministic_algorithms(before[2])
+
+
+def test_ddp_broadcasts_buffers_only_when_training_changes_them(tmp_path: Path) -> None:
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from resdet.engine.distributed import wrap_ddp
+
+    store = tmp_path / "store"
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    try:
+        cpu = torch.device("cpu")
+        trained = wrap_ddp(
+            torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4)), cpu
+        )
+        frozen = wrap_ddp(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), FrozenBatchNorm2d(4)), cpu)
+        assert trained.broadcast_buffers and not frozen.broadcast_buffers
+        assert trained.gradient_as_bucket_view
+    finally:
+        dist.destroy_process_group()
