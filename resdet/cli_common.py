@@ -63,7 +63,7 @@ def run_entry(job: Callable[[], None]) -> None:
             err_console.print("stopped by Ctrl-C")
             raise typer.Exit(130) from None
 
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by torchrun
+    if "LOCAL_RANK" in os.environ:  # launched by torchrun: a process group exists
         distributed.run_and_exit(_typer_exit_code(guarded))
     guarded()
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU paths in one short run (CUDA, bf16 and fp16 AMP, channels_last, NCCL under torchrun):
+# The GPU paths in one short run (CUDA, bf16 and fp16 AMP, channels_last, NCCL and DDP under
+# torchrun, with as many processes as GPUs, one included):
 # real CLI runs on tiny generated data, then an exact resume. Needs resdet installed with a
 # CUDA build of torch. Usage: bash tools/gpu_check.sh [OUT_DIR]
 set -euo pipefail
@@ -13,8 +14,9 @@ from resdet.data.synthetic import write_bright_dark_folder, write_tiny_coco
 write_bright_dark_folder("bd")
 write_tiny_coco("coco", n_images=8, with_masks=True)
 EOF
-cls="--iters 20 --batch-size 16 --device cuda --set model.name=cifar_resnet20 --set data.crop_size=32
-     --set data.train_scale=[32,40] --set data.test_size=32 --set data.lighting=0 --set train.eval_period=10"
+cls="--iters 20 --batch-size 16 --device cuda --set model.name=cifar_resnet20 --set data.views.crop=32
+     --set data.views.train_scale=[32,40] --set data.views.test_size=32 --set data.views.lighting_std=0
+     --set train.eval_period=10"
 for amp in bf16 fp16; do
   resdet train-cls folder:bd --out "cls-$amp" $cls --set train.amp=$amp --set train.channels_last=true
 done

@@ -78,14 +78,15 @@ def resolve_device(device: str | torch.device) -> torch.device:
 def init_distributed(device: str | torch.device = "auto") -> torch.device:
     """Join the torchrun process group when launched by torchrun; return this process's device.
 
-    Under torchrun with ``WORLD_SIZE > 1``: CUDA uses GPU ``LOCAL_RANK`` and the NCCL backend
-    bound to that GPU (``device_id``), CPU uses gloo, both with ``PROCESS_GROUP_TIMEOUT``.
-    Otherwise no process group is created and ``resolve_device(device)`` is returned. Calling
-    it again after the group exists only returns the device.
+    Under torchrun (which sets ``LOCAL_RANK``), with any number of processes, one included:
+    CUDA uses GPU ``LOCAL_RANK`` and the NCCL backend bound to that GPU (``device_id``), CPU uses
+    gloo, both with ``PROCESS_GROUP_TIMEOUT``; the trainer then wraps the model in DDP, as
+    torchvision's reference scripts do. Without torchrun no process group is created and
+    ``resolve_device(device)`` is returned. Calling it again after the group exists only
+    returns the device.
     """
     device = resolve_device(device)
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if "LOCAL_RANK" not in os.environ:
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
