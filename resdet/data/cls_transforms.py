@@ -73,13 +73,49 @@ def resize_short_side(image: np.ndarray, size: int) -> np.ndarray:
     sampling gives, like the antialiased resize of torchvision/PIL); enlarging uses bilinear.
     """
     h, w = image.shape[:2]
-    short, long = min(h, w), max(h, w)
-    if short == size:
+    if min(h, w) == size:
         return image
-    new_long = int(size * long / short)
-    new_h, new_w = (size, new_long) if h <= w else (new_long, size)
-    interpolation = cv2.INTER_AREA if size < short else cv2.INTER_LINEAR
+    new_h, new_w = short_side_shape(h, w, size)
+    interpolation = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
     return cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+
+
+def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
+    """``(H', W')`` of an ``h x w`` image resized to shorter side ``size`` (``resize_short_side``)."""
+    short, long = min(h, w), max(h, w)
+    new_long = int(size * long / short)
+    return (size, new_long) if h <= w else (new_long, size)
+
+
+def scale_crop_flip(
+    image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int], crop: int
+) -> np.ndarray:
+    """The paper's training view: ``random_resize_short_side``, ``random_crop``, ``random_hflip``
+    with the same random draws, computed by resizing only the crop's region of ``image``.
+
+    Resizing the whole image to shorter side 256..480 only to keep a 224 x 224 crop of it was
+    most of the pipeline's time. Enlarging samples the crop's pixels at the same source points
+    as ``cv2.resize`` (bilinear, ``cv2.warpAffine``); shrinking area-averages the whole source
+    pixels nearest the crop's region, so the view may sit up to half a source pixel from the
+    resize-then-crop one. Returns ``[crop, crop, C]``.
+    """
+    h, w = image.shape[:2]
+    size = int(rng.integers(scale[0], scale[1] + 1))
+    new_h, new_w = short_side_shape(h, w, size)
+    top = int(rng.integers(0, new_h - crop + 1))
+    left = int(rng.integers(0, new_w - crop + 1))
+    flip = rng.random() < 0.5
+    sy, sx = h / new_h, w / new_w  # source pixels per output pixel
+    if size >= min(h, w):  # enlarging (or keeping): cv2.resize samples src = (dst + 0.5) s - 0.5
+        matrix = np.array([[1 / sx, 0, 0.5 / sx - 0.5 - left], [0, 1 / sy, 0.5 / sy - 0.5 - top]])
+        view = cv2.warpAffine(
+            image, matrix, (crop, crop), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+    else:  # shrinking: area-average the whole source pixels nearest the crop's region
+        y0, x0 = round(top * sy), round(left * sx)
+        y1, x1 = min(h, y0 + round(crop * sy)), min(w, x0 + round(crop * sx))
+        view = cv2.resize(image[y0:y1, x0:x1], (crop, crop), interpolation=cv2.INTER_AREA)
+    return view[:, ::-1] if flip else view
 
 
 def random_resize_short_side(
@@ -149,8 +185,30 @@ def lighting(image: np.ndarray, rng: np.random.Generator, alphastd: float = 0.1)
     Adds ``eigvec @ (alpha * eigval)`` to every pixel, ``alpha ~ N(0, alphastd^2)`` per
     component, exactly as fb.resnet.torch's ``Lighting(0.1, pca.eigval, pca.eigvec)``.
     """
+    return image + lighting_shift(rng, alphastd)
+
+
+def lighting_shift(rng: np.random.Generator, alphastd: float = 0.1) -> np.ndarray:
+    """The RGB offset [3] (float32, [0, 1] units) that ``lighting`` adds to every pixel."""
     alpha = rng.normal(0.0, alphastd, size=3).astype(np.float32)
-    return image + IMAGENET_EIGVEC @ (alpha * IMAGENET_EIGVAL)
+    return IMAGENET_EIGVEC @ (alpha * IMAGENET_EIGVAL)
+
+
+def normalized_chw(image: np.ndarray, shift: np.ndarray | None = None) -> torch.Tensor:
+    """uint8 RGB ``[H, W, 3]`` -> normalised float32 ``[3, H, W]``, plus an RGB ``shift``.
+
+    The same numbers as ``to_chw_tensor(normalize(to_unit_float(image) + shift))`` up to float
+    rounding, in two passes over the pixels instead of five: ``x * 1 / (255 std) + (shift -
+    mean) / std``, on the channels-first uint8 copy.
+    """
+    std = np.asarray(IMAGENET_STD, dtype=np.float32)
+    offset = -np.asarray(IMAGENET_MEAN, dtype=np.float32)
+    if shift is not None:
+        offset = offset + shift
+    out = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
+    out *= (1.0 / (255.0 * std))[:, None, None]
+    out += (offset / std)[:, None, None]
+    return torch.from_numpy(out)
 
 
 def to_unit_float(image: np.ndarray) -> np.ndarray:

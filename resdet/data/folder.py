@@ -12,15 +12,13 @@ from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
     center_crop,
-    lighting,
+    lighting_shift,
     normalize,
+    normalized_chw,
     parse_key,
-    random_crop,
-    random_hflip,
-    random_resize_short_side,
     resize_short_side,
+    scale_crop_flip,
     ten_crop,
-    to_chw_tensor,
     to_unit_float,
 )
 from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
@@ -160,21 +158,15 @@ class ImageFolderDataset(Dataset):
         ten_crop, or with test_scales one whole image ``[3, H_s, W_s]`` per shorter side s."""
         views = self.views
         if self.train:
-            image = random_resize_short_side(image, rng, views.train_scale)
-            image = random_hflip(random_crop(image, rng, views.crop), rng)
-            unit = to_unit_float(image)
-            if views.lighting_std > 0:
-                unit = lighting(unit, rng, views.lighting_std)
-            return to_chw_tensor(normalize(unit))
+            view = scale_crop_flip(image, rng, views.train_scale, views.crop)
+            shift = lighting_shift(rng, views.lighting_std) if views.lighting_std > 0 else None
+            return normalized_chw(view, shift)
         if views.test_scales:
-            return [
-                to_chw_tensor(normalize(to_unit_float(resize_short_side(image, size))))
-                for size in views.test_scales
-            ]
+            return [normalized_chw(resize_short_side(image, size)) for size in views.test_scales]
         image = resize_short_side(image, views.test_size)
         if views.ten_crop:
             return torch.from_numpy(ten_crop(normalize(to_unit_float(image)), views.crop))
-        return to_chw_tensor(normalize(to_unit_float(center_crop(image, views.crop))))
+        return normalized_chw(center_crop(image, views.crop))
 
 
 def _split_folder(root: Path, split: str, layout: str) -> Path:

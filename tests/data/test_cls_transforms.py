@@ -1,5 +1,6 @@
 """Tests of resdet.data.cls_transforms against hand-computed slices and torchvision."""
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -128,3 +129,32 @@ def test_to_chw_tensor_copies_to_a_contiguous_layout():
     image = np.arange(5 * 6 * 3, dtype=np.float32).reshape(5, 6, 3)
     chw = T.to_chw_tensor(image[:, ::-1])
     assert chw.shape == (3, 5, 6) and chw.is_contiguous() and chw[2, 0, 0] == image[0, 5, 2]
+
+
+@pytest.mark.parametrize("shape", [(375, 500), (500, 375), (150, 120)])
+def test_crop_first_training_view_is_the_crop_of_the_resized_image(shape):
+    """scale_crop_flip resizes only the crop's region, with the same random draws as resizing
+    the whole image, cropping and flipping: bilinear enlarging samples the same points, area
+    shrinking sits within half a source pixel (photo-like images: a few grey levels)."""
+    noise = np.random.default_rng(0).integers(0, 256, size=(*shape, 3)).astype(np.uint8)
+    image = cv2.blur(noise, (9, 9))
+    for seed in range(12):
+        old_rng, new_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        resized = T.random_resize_short_side(image, old_rng, (256, 480))
+        old = T.random_hflip(T.random_crop(resized, old_rng, 224), old_rng)
+        new = T.scale_crop_flip(image, new_rng, (256, 480), 224)
+        assert new.shape == old.shape == (224, 224, 3) and new.dtype == np.uint8
+        assert old_rng.random() == new_rng.random()  # the same draws, in the same order
+        difference = np.abs(old.astype(int) - new.astype(int)).mean()
+        enlarged = min(resized.shape[:2]) >= min(shape)
+        assert difference < (0.5 if enlarged else 3.0), (seed, enlarged, difference)
+
+
+def test_normalized_chw_is_unit_float_plus_shift_normalised():
+    image = np.random.default_rng(3).integers(0, 256, size=(5, 7, 3)).astype(np.uint8)
+    shift = np.array([0.01, -0.02, 0.03], dtype=np.float32)
+    expected = T.to_chw_tensor(T.normalize(T.to_unit_float(image) + shift))
+    torch.testing.assert_close(T.normalized_chw(image, shift), expected, rtol=1e-5, atol=1e-5)
+    plain = T.to_chw_tensor(T.normalize(T.to_unit_float(image)))
+    torch.testing.assert_close(T.normalized_chw(image), plain, rtol=1e-5, atol=1e-5)
+    assert T.normalized_chw(image).is_contiguous()
