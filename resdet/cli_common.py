@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -63,7 +62,7 @@ def run_entry(job: Callable[[], None]) -> None:
             err_console.print("stopped by Ctrl-C")
             raise typer.Exit(130) from None
 
-    if "LOCAL_RANK" in os.environ:  # launched by torchrun: a process group exists
+    if distributed.launched_by_torchrun():  # a process group exists
         distributed.run_and_exit(_typer_exit_code(guarded))
     guarded()
 

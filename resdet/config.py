@@ -41,14 +41,17 @@ def load_config(
     parent's values are applied first. Overrides look like ``key.sub=value``, the value read as
     YAML. Later sources win; ``start`` serves to continue a saved run's configuration.
     """
-    values: dict[str, Any] = dict(start or {})
+    # Renamed keys move within each source, before merging, so that later sources still win.
+    values = _apply_renames(cls, dict(start or {}), "the saved config")
     if path is not None:
-        values = _merge(values, _read_with_base(Path(path)))
+        values = _merge(values, _read_with_base(Path(path), cls))
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"override {item!r} must look like key.sub=value")
-        _set_dotted(values, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        override: dict[str, Any] = {}
+        _set_dotted(override, key.strip(), yaml.safe_load(raw) if raw.strip() else "")
+        values = _merge(values, _apply_renames(cls, override, f"override {key.strip()!r}"))
     return from_dict(cls, values, where=str(path) if path else "defaults")
 
 
@@ -99,9 +102,20 @@ def _apply_renames(cls: type, values: dict[str, Any], where: str) -> dict[str, A
             node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict) or last not in node:
             continue
+        if _has_dotted(values, new):
+            raise ConfigError(f"{where}: sets both {old!r} and its new name {new!r}; keep {new!r}")
         logger.warning("%s: config key %r is now %r; read as such (rename it)", where, old, new)
         _set_dotted(values, new, node.pop(last))
     return values
+
+
+def _has_dotted(values: dict[str, Any], key: str) -> bool:
+    node: Any = values
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _field_default(cls: type, name: str) -> Any:
@@ -111,13 +125,13 @@ def _field_default(cls: type, name: str) -> Any:
     return field.default
 
 
-def _read_with_base(path: Path) -> dict[str, Any]:
-    values = _read_yaml(path)
+def _read_with_base(path: Path, cls: type) -> dict[str, Any]:
+    values = _apply_renames(cls, _read_yaml(path), str(path))
     base = values.pop("base", None)
     if base is None:
         return values
     base_path = (path.parent / base).resolve()
-    parent = _read_yaml(base_path)
+    parent = _apply_renames(cls, _read_yaml(base_path), str(base_path))
     if "base" in parent:
         raise ConfigError(
             f"{base_path}: a base file cannot have a base of its own (one level only)"

@@ -33,6 +33,25 @@ def test_round_trip(tmp_path):
     assert load_config(ClsExperiment, tmp_path / "c.yaml") == cfg
 
 
+def test_renamed_keys_move_within_their_source_so_later_sources_win(tmp_path):
+    from resdet.experiments.configs import DetExperiment
+
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  min_size: [800]\n  box_score_thresh: 0.3\n")
+    cfg = load_config(DetExperiment, old, ["data.sizes.min_size=[600]"])
+    assert cfg.data.sizes.min_size == (600,) and cfg.model.roi_heads.score_thresh == 0.3
+    child = tmp_path / "child.yaml"
+    child.write_text("base: old.yaml\nmodel:\n  roi_heads:\n    score_thresh: 0.01\n")
+    assert load_config(DetExperiment, child).model.roi_heads.score_thresh == 0.01
+    saved = {"model": {"min_size": [800]}}  # a checkpoint of an earlier version
+    resumed = load_config(DetExperiment, None, ["data.sizes.min_size=[512]"], start=saved)
+    assert resumed.data.sizes.min_size == (512,)
+    both = tmp_path / "both.yaml"
+    both.write_text("model:\n  min_size: [800]\ndata:\n  sizes:\n    min_size: [600]\n")
+    with pytest.raises(ConfigError, match="sets both 'model.min_size' and its new name"):
+        load_config(DetExperiment, both)
+
+
 def test_section_checks_name_the_file():
     with pytest.raises(ConfigError, match=r"defaults: data: views: need crop <= train_scale"):
         load_config(ClsExperiment, None, ["data.views.crop=300"])

@@ -193,11 +193,16 @@ def build_det_dataset(
     return entry.build(request)
 
 
-def prepare_det_dataset(name: str, root: str | Path | None) -> None:
-    """Write the detection set ``name`` into ``root`` if it is generated and missing there."""
+def prepare_det_dataset(name: str, root: str | Path | None, *, write: bool = True) -> None:
+    """Write the detection set ``name`` into ``root`` if it is generated and missing there.
+
+    The name and root are checked whatever ``write`` says, so that in a multi-process run every
+    process raises a bad spelling, not only the one (``write``) that makes the set.
+    """
     entry, _ = find_dataset(DET_DATASETS, name)
-    if entry.prepare is not None:
-        entry.prepare(_root(name, entry, root))
+    folder = _root(name, entry, root)
+    if write and entry.prepare is not None:
+        entry.prepare(folder)
 
 
 def _root(name: str, entry: DatasetEntry, root: str | Path | None) -> str | Path | None:

@@ -95,7 +95,8 @@ def scale_crop_flip(
 
     Resizing the whole image to shorter side 256..480 only to keep a 224 x 224 crop of it was
     most of the pipeline's time. Enlarging samples the crop's pixels at the same source points
-    as ``cv2.resize`` (bilinear, ``cv2.warpAffine``); shrinking area-averages the whole source
+    as ``cv2.resize`` (bilinear, ``cv2.warpAffine``; values equal up to interpolation rounding,
+    a grey level or two); shrinking area-averages the whole source
     pixels nearest the crop's region, so the view may sit up to half a source pixel from the
     resize-then-crop one. Returns ``[crop, crop, C]``.
     """

@@ -75,6 +75,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return device
 
 
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (or a launcher that sets a multi-process ``WORLD_SIZE``) started us.
+
+    A stray ``LOCAL_RANK`` (left by SLURM or another tool) is not enough: torchrun also sets
+    ``TORCHELASTIC_RUN_ID`` and ``MASTER_ADDR``.
+    """
+    torchrun = "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+    return torchrun or int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init_distributed(device: str | torch.device = "auto") -> torch.device:
     """Join the torchrun process group when launched by torchrun; return this process's device.
 
@@ -86,7 +96,7 @@ def init_distributed(device: str | torch.device = "auto") -> torch.device:
     returns the device.
     """
     device = resolve_device(device)
-    if "LOCAL_RANK" not in os.environ:
+    if not launched_by_torchrun():
         return device
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))

@@ -132,15 +132,26 @@ class Evaluation(Hook):
 
 
 class SkippedImages(Hook):
-    """Adds ``skipped_images`` to train records: ``count()`` summed over ranks.
+    """Adds ``skipped_images`` to train records: the run's total, summed over ranks.
 
-    ``count`` returns how many unreadable images this rank's data set has replaced so far (the
-    image-folder and detection data sets' ``skipped``, counted across their loading workers).
+    ``count`` returns how many unreadable images this rank's data set has replaced in this
+    process (the image-folder and detection data sets' ``skipped``, counted across their
+    loading workers); a resumed run adds the total of the last train record before its
+    checkpoint.
     """
 
     def __init__(self, count: Callable[[], int]) -> None:
         self.count = count
+        self.before_resume = 0
+        self.total = 0
 
     def on_train_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        total = distributed.all_reduce_sum({"skipped_images": float(self.count())})
-        record["skipped_images"] = round(total["skipped_images"])
+        counted = distributed.all_reduce_sum({"skipped_images": float(self.count())})
+        self.total = self.before_resume + round(counted["skipped_images"])
+        record["skipped_images"] = self.total
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"total": self.total}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.before_resume = self.total = int(state.get("total", 0))

@@ -189,7 +189,7 @@ class Trainer:
                         self._stop_with_checkpoint(capture_rng_state(self.device))
                 self._call("after_train")
         finally:
-            batches.close()  # shuts down this epoch's DataLoader workers
+            batches.close()  # shuts down the stream's DataLoader workers
         distributed.barrier()
         return dict(self.last_eval)
 

@@ -169,15 +169,19 @@ class CocoEvaluator:
         the same cost, while rank 0's GPU waits for them."""
         per_image = gather_per_image(self._per_image, to_main=True)
         outcome: tuple[dict[str, float], dict[str, CocoResult]] | Exception | None = None
+        failure: Exception | None = None
         if not _is_distributed() or dist.get_rank() == 0:
             try:
                 outcome = self._evaluate(per_image)
-            except (RuntimeError, ValueError) as error:
-                outcome = error  # raised on every rank below, so none waits for the others
+            except Exception as error:  # every rank raises below, so none waits for the others
+                failure = error
+                outcome = RuntimeError(f"COCO evaluation failed on rank 0: {error}")
         if _is_distributed():
             holder = [outcome]
             dist.broadcast_object_list(holder, src=0)
             outcome = holder[0]
+        if failure is not None:
+            raise failure
         if isinstance(outcome, Exception):
             raise outcome
         metrics, self.last_result = outcome

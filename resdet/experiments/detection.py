@@ -191,8 +191,8 @@ def train_detector(
     if from_store:
         cfg = pin_backbone_weights(cfg)
     prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
-    if distributed.is_main():  # one process writes a generated set, the others wait for it
-        prepare_det_dataset(cfg.data.dataset, cfg.data.root)
+    # One process writes a generated set, the others wait for it.
+    prepare_det_dataset(cfg.data.dataset, cfg.data.root, write=distributed.is_main())
     distributed.barrier()
     train_set = build_dataset(cfg, train=True)
     test_set = build_dataset(cfg, train=False)

@@ -153,6 +153,15 @@ def test_hooks_run_in_order_add_to_records_and_resume_with_their_state(tmp_path:
     assert resumed.steps == 10
 
 
+def test_skipped_images_continue_their_total_after_a_resume() -> None:
+    first, record = SkippedImages(lambda: 2), {}
+    first.on_train_record(None, record)  # type: ignore[arg-type]  # the trainer is not read
+    resumed, again = SkippedImages(lambda: 1), {}
+    resumed.load_state_dict(first.state_dict())
+    resumed.on_train_record(None, again)  # type: ignore[arg-type]
+    assert (record["skipped_images"], again["skipped_images"]) == (2, 3)
+
+
 def test_hook_names_must_be_unique(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hook names must be unique"):
         build(tmp_path, hooks=[SkippedImages(lambda: 0), SkippedImages(lambda: 0)])
