@@ -90,8 +90,9 @@ def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
 def scale_crop_flip(
     image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int], crop: int
 ) -> np.ndarray:
-    """The paper's training view: ``random_resize_short_side``, ``random_crop``, ``random_hflip``
-    with the same random draws, computed by resizing only the crop's region of ``image``.
+    """The paper's training view (section 3.4): the shorter side resized to a uniform integer
+    in ``scale`` (inclusive), a uniform random ``crop x crop`` crop, a flip with probability
+    0.5, drawn in that order, and computed by resizing only the crop's region of ``image``.
 
     Resizing the whole image to shorter side 256..480 only to keep a 224 x 224 crop of it was
     most of the pipeline's time. Enlarging samples the crop's pixels at the same source points
@@ -117,29 +118,6 @@ def scale_crop_flip(
         y1, x1 = min(h, y0 + round(crop * sy)), min(w, x0 + round(crop * sx))
         view = cv2.resize(image[y0:y1, x0:x1], (crop, crop), interpolation=cv2.INTER_AREA)
     return view[:, ::-1] if flip else view
-
-
-def random_resize_short_side(
-    image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int]
-) -> np.ndarray:
-    """Scale augmentation (paper section 3.4): shorter side to a uniform integer in ``scale``.
-
-    ``scale = (low, high)`` is inclusive at both ends, e.g. ``(256, 480)``.
-    """
-    return resize_short_side(image, int(rng.integers(scale[0], scale[1] + 1)))
-
-
-def random_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
-    """A ``size x size`` crop of ``[H, W, C]`` at a uniform random position (needs H, W >= size)."""
-    h, w = image.shape[:2]
-    top = int(rng.integers(0, h - size + 1))
-    left = int(rng.integers(0, w - size + 1))
-    return image[top : top + size, left : left + size]
-
-
-def random_hflip(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flip ``[H, W, C]`` left-right with probability 0.5."""
-    return image[:, ::-1] if rng.random() < 0.5 else image
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:
@@ -180,17 +158,10 @@ def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
     )
 
 
-def lighting(image: np.ndarray, rng: np.random.Generator, alphastd: float = 0.1) -> np.ndarray:
-    """AlexNet PCA lighting noise on a float32 RGB ``[H, W, 3]`` image in [0, 1] units.
-
-    Adds ``eigvec @ (alpha * eigval)`` to every pixel, ``alpha ~ N(0, alphastd^2)`` per
-    component, exactly as fb.resnet.torch's ``Lighting(0.1, pca.eigval, pca.eigvec)``.
-    """
-    return image + lighting_shift(rng, alphastd)
-
-
 def lighting_shift(rng: np.random.Generator, alphastd: float = 0.1) -> np.ndarray:
-    """The RGB offset [3] (float32, [0, 1] units) that ``lighting`` adds to every pixel."""
+    """AlexNet PCA lighting noise: the RGB offset [3] (float32, [0, 1] units) added to every
+    pixel, ``eigvec @ (alpha * eigval)`` with ``alpha ~ N(0, alphastd^2)`` per component,
+    exactly as fb.resnet.torch's ``Lighting(0.1, pca.eigval, pca.eigvec)``."""
     alpha = rng.normal(0.0, alphastd, size=3).astype(np.float32)
     return IMAGENET_EIGVEC @ (alpha * IMAGENET_EIGVAL)
 
