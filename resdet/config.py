@@ -96,26 +96,24 @@ def _apply_renames(cls: type, values: dict[str, Any], where: str) -> dict[str, A
     renamed: dict[str, str] = getattr(cls, "RENAMED", {})
     values = copy.deepcopy(values)
     for old, new in renamed.items():
-        *parents, last = old.split(".")
-        node: Any = values
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or last not in node:
+        parent, last = _section(values, old)
+        if parent is None or last not in parent:
             continue
-        if _has_dotted(values, new):
+        target, name = _section(values, new)
+        if target is not None and name in target:
             raise ConfigError(f"{where}: sets both {old!r} and its new name {new!r}; keep {new!r}")
         logger.warning("%s: config key %r is now %r; read as such (rename it)", where, old, new)
-        _set_dotted(values, new, node.pop(last))
+        _set_dotted(values, new, parent.pop(last))
     return values
 
 
-def _has_dotted(values: dict[str, Any], key: str) -> bool:
+def _section(values: dict[str, Any], key: str) -> tuple[dict[str, Any] | None, str]:
+    """The mapping that holds dotted ``key`` (None if there is none) and the key's last part."""
+    *parents, last = key.split(".")
     node: Any = values
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    return (node if isinstance(node, dict) else None), last
 
 
 def _field_default(cls: type, name: str) -> Any:

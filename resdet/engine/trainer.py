@@ -38,6 +38,7 @@ from resdet.engine.hooks import (
     PeriodicCheckpoint,
     ScheduleFeedback,
     check_period,
+    due,
 )
 from resdet.engine.losses import total_loss
 from resdet.engine.progress import MetricsLog, PeriodMeter, TrainProgress
@@ -253,7 +254,7 @@ class Trainer:
     def _after_step(self) -> None:
         if self._check_every_iteration:
             self.check_finite()
-        if self.iteration % self.log_period == 0 or self.at_end:
+        if due(self.iteration, self.log_period, self.at_end):
             self._log_train()
         started = time.perf_counter()
         self._call("after_step")

@@ -303,7 +303,7 @@ def load_detector_state(model: Detector, state_dict: Mapping[str, torch.Tensor])
             k: fresh[k] if k.startswith(_PREDICTOR_KEYS) else v for k, v in state_dict.items()
         }
         messages.append(
-            f"the checkpoint has {old} object classes, the model {_num_classes(model)}: "
+            f"the checkpoint has {old} object classes, the model {model.info.num_classes}: "
             "re-initialised the class-dependent predictor layers and loaded everything else"
         )
     # The keys were all checked above; strict=False only tolerates BN batch counters.
@@ -362,10 +362,6 @@ def _reset_predictor(model: Detector) -> None:
         logits.reset_parameters()
         # MaskRCNNPredictor's own initialisation of its weights (biases keep the default)
         nn.init.kaiming_normal_(logits.weight, mode="fan_out", nonlinearity="relu")
-
-
-def _num_classes(model: Detector) -> int:
-    return model.roi_heads.box_predictor.cls_score.out_features - 1
 
 
 def _describe(model: Detector) -> str:

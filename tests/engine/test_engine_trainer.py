@@ -22,14 +22,7 @@ from resdet.engine.progress import NonFiniteLossError
 from resdet.engine.schedule import CosineSchedule, Warmup
 from resdet.engine.trainer import Trainer
 
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Any:
-    """Tiny tensors: on 2 shared cores a second OpenMP thread only adds waiting (30 ms per op)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 META = {"task": "classification", "model": "toy", "config": {"lr": 0.1}, "dataset": "toy"}

@@ -20,13 +20,7 @@ class RePoolingHeads(BoxMaskHeads):
         return self.box_head(pooled), None
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread, as in test_detector.py: steadier on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small_mask_rcnn(head: str = "c4") -> torch.nn.Module:

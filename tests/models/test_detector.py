@@ -31,14 +31,7 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run these tests on one thread: on the shared 2-core machine, two OpenMP threads competing
-    with other jobs made an R18-FPN training step 5x slower (measured 0.15 s vs 0.9 s forward)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 BOX_LOSSES = {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
