@@ -1,14 +1,22 @@
 """Throughput of the classification input pipelines on generated data (nothing is downloaded).
 
 Measures images per second (per CPU second of this process where marked, which other processes
-on a shared machine disturb far less than wall time) of
-- CIFAR-10 training samples (pad-crop-flip, mean subtraction) from batches in the real format,
-- ImageFolder training samples (scale augmentation, crop, flip, lighting) and test samples
-  (centre crop, ten-crop) on ImageNet-sized JPEGs,
-each in this process and through a DataLoader with worker processes, and
+on a shared machine disturb far less than wall time, and which is the rate one worker core
+gives) of
+- ImageNet training samples from the same ImageNet-sized JPEG files, decode included, through
+  resdet's pipeline (crop first, uint8 out; normalisation and lighting happen on the device),
+  resdet's pipeline before that (resize the whole image, crop, normalise in float on the CPU),
+  torchvision.transforms.v2 on ``decode_jpeg`` tensors as torchvision's reference scripts use it
+  (RandomResizedCrop, flip, float, normalise; also stopped at uint8, resdet's split), and the
+  classic PIL path (``transforms.RandomResizedCrop`` ... ``ToTensor``, ``Normalize``), timed in
+  alternating rounds, with the median ratio of resdet's rate to each;
+- ImageFolder test samples (centre crop, ten-crop) and training samples through a DataLoader
+  with worker processes;
+- CIFAR-10 training samples (pad-crop-flip, mean subtraction) from batches in the real format;
 - JPEG decoding alone with cv2.imdecode and torchvision.io.decode_jpeg.
 
 Usage: python tools/bench_cls_loader.py [--cifar-images 10000] [--jpegs 200] [--workers 2]
+    [--rounds 5]
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
+import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,11 +33,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torchvision.transforms as classic
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import decode_jpeg
+from torchvision.io import decode_jpeg, read_file
+from torchvision.transforms import v2
 
+from resdet.data import cls_transforms as T
 from resdet.data.cifar import Cifar10
 from resdet.data.folder import ImageFolderDataset
+from resdet.data.images import decode_rgb
 from resdet.data.loader import init_worker
 from resdet.data.options import ClsViews
 
@@ -131,11 +145,84 @@ def decode_rates(paths: list[Path]) -> tuple[float, float]:
     )
 
 
+def former_resdet_sample(path: Path, rng: np.random.Generator) -> torch.Tensor:
+    """resdet's training sample before the crop-first uint8 pipeline: the whole image resized
+    to the drawn shorter side, cropped, flipped, lighting added and normalised in float32."""
+    image = decode_rgb(path)
+    new_h, new_w = T.short_side_shape(*image.shape[:2], int(rng.integers(256, 481)))
+    shrinking = new_h < image.shape[0]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    image = cv2.resize(image, (new_w, new_h), interpolation=interpolation)
+    h, w = image.shape[:2]
+    top, left = int(rng.integers(0, h - 223)), int(rng.integers(0, w - 223))
+    view = image[top : top + 224, left : left + 224]
+    view = view[:, ::-1] if rng.random() < 0.5 else view
+    return T.to_chw_tensor(T.normalize(T.to_unit_float(view) + T.lighting_shift(rng)))
+
+
+def training_pipelines(folder: Path) -> dict[str, Callable[[], object]]:
+    """Each pipeline as a function producing one training sample of every file in ``folder``."""
+    resdet = ImageFolderDataset(folder, train=True)
+    paths = [resdet.path(i) for i in range(len(resdet))]
+    normalize = [
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD),
+    ]
+    v2_uint8 = v2.Compose([v2.RandomResizedCrop(224, antialias=True), v2.RandomHorizontalFlip()])
+    v2_full = v2.Compose([*v2_uint8.transforms, *normalize])
+    pil = classic.Compose(
+        [
+            classic.RandomResizedCrop(224),
+            classic.RandomHorizontalFlip(),
+            classic.ToTensor(),
+            classic.Normalize(T.IMAGENET_MEAN, T.IMAGENET_STD),
+        ]
+    )
+    return {
+        "resdet (crop first, uint8; normalised on the device)": lambda: [
+            resdet[(i, i)] for i in range(len(resdet))
+        ],
+        "resdet before (resize, crop, float on the CPU)": lambda: [
+            former_resdet_sample(p, np.random.default_rng(i)) for i, p in enumerate(paths)
+        ],
+        "torchvision v2, decode_jpeg, float + normalize": lambda: [
+            v2_full(decode_jpeg(read_file(str(p)))) for p in paths
+        ],
+        "torchvision v2, decode_jpeg, uint8": lambda: [
+            v2_uint8(decode_jpeg(read_file(str(p)))) for p in paths
+        ],
+        "classic PIL (torchvision.transforms)": lambda: [
+            pil(Image.open(p).convert("RGB")) for p in paths
+        ],
+    }
+
+
+def compare_training(folder: Path, rounds: int) -> list[tuple[str, float, float]]:
+    """``(name, median img/s per CPU s, median ratio of resdet's rate to it)`` per pipeline,
+    timed in ``rounds`` rounds that run every pipeline once each, in turn (A B C A B C)."""
+    pipelines = training_pipelines(folder)
+    count = len(ImageFolderDataset(folder, train=True))
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(rounds):
+        for name, work in pipelines.items():
+            rates[name].append(rate(count, work, clock=time.process_time))
+    ours = rates[next(iter(pipelines))]
+    return [
+        (
+            name,
+            statistics.median(values),
+            statistics.median(a / b for a, b in zip(ours, values, strict=True)),
+        )
+        for name, values in rates.items()
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar-images", type=int, default=10_000)
     parser.add_argument("--jpegs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -156,8 +243,8 @@ def main() -> None:
         results.append(("decode 500x375 JPEG, cv2.imdecode (per CPU s)", cv2_rate))
         results.append(("decode 500x375 JPEG, torchvision (per CPU s)", tv_rate))
         folder = root / "jpegs" / "train"
+        training = compare_training(folder, args.rounds)
         train = ImageFolderDataset(folder, train=True)
-        results.append(("ImageFolder train, 1 process (per CPU s)", single_process(train)))
         results.append(
             (
                 "ImageFolder test centre crop, 1 process (per CPU s)",
@@ -176,6 +263,11 @@ def main() -> None:
             (f"ImageFolder train, {args.workers} workers", with_loader(train, args.workers, 32))
         )
     print(f"load average at the start: {load:.1f} on {os.cpu_count()} cores")
+    print(f"ImageNet training sample of a 500x375 JPEG, decode included ({args.rounds} rounds):")
+    width = max(len(name) for name, _, _ in training)
+    print(f"  {'pipeline':<{width}}  img/s per core  resdet's rate / its")
+    for name, value, ratio in training:
+        print(f"  {name:<{width}}  {value:14.0f}  {ratio:18.2f}x")
     width = max(len(name) for name, _ in results)
     for name, value in results:
         print(f"{name:<{width}}  {value:10.0f} img/s")

@@ -300,8 +300,8 @@ class DetectionTransform:
 class DetectionDataset(Dataset):
     """A detection data set over parsed `ImageRecord`s; COCO and VOC only build the records.
 
-    ``dataset[i]`` or ``dataset[(i, seed)]`` returns ``(image, target)``: image float32 [3, H, W]
-    RGB in [0, 1]; target ``boxes`` float32 [N, 4] xyxy absolute pixels of the returned image,
+    ``dataset[i]`` or ``dataset[(i, seed)]`` returns ``(image, target)``: image uint8 [3, H, W]
+    RGB (``prepare_batch`` makes it float32 in [0, 1] on the device); target ``boxes`` float32 [N, 4] xyxy absolute pixels of the returned image,
     ``labels`` int64 [N] in 1..K, ``image_id`` int, ``size`` int64 [2] (H, W), ``orig_size``
     int64 [2] (H0, W0) of the file, ``masks`` uint8 [N, H, W] with masks, ``difficult`` bool [N]
     where the records have it.
@@ -390,8 +390,8 @@ class DetectionDataset(Dataset):
             target["masks"] = torch.from_numpy(np.ascontiguousarray(out.masks))
         if record.difficult is not None:
             target["difficult"] = torch.from_numpy(record.difficult[out.kept])
-        tensor = torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1)))
-        return tensor.float().div_(255), target
+        # uint8 through the workers; prepare_batch makes it float on the trainer's device.
+        return torch.from_numpy(np.ascontiguousarray(out.image.transpose(2, 0, 1))), target
 
 
 def collate(
@@ -399,6 +399,6 @@ def collate(
 ) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:
     """Detection collation: images of different sizes stay a list, as torchvision detectors take.
 
-    Returns ``(images: list of float32 [3, H_i, W_i], targets: list of dicts)``.
+    Returns ``(images: list of uint8 [3, H_i, W_i], targets: list of dicts)``.
     """
     return [image for image, _ in batch], [target for _, target in batch]

@@ -11,16 +11,16 @@ import torch
 from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
-    center_crop,
+    center_view,
     lighting_shift,
-    normalize,
     normalized_chw,
     parse_key,
     resize_short_side,
     scale_crop_flip,
     ten_crop,
-    to_unit_float,
+    to_chw_tensor,
 )
+from resdet.data.device_input import RawImages
 from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
 from resdet.data.options import DEFAULT_VIEWS, ClsViews
 
@@ -76,12 +76,14 @@ def scan_class_folders(root: Path) -> tuple[list[str], list[str], list[int]]:
 
 
 class ImageFolderDataset(Dataset):
-    """Images in ``root/<class>/...`` as ``(image float32 [3, crop, crop], label int)`` samples.
+    """Images in ``root/<class>/...`` as ``(image, label int)`` samples.
 
     ``train=True`` is the paper's ImageNet augmentation (section 3.4), ``train=False`` its test
-    views, both as ``views`` (``data.options.ClsViews``) sets them: ten crops come as
-    ``[10, 3, crop, crop]`` (``cls_transforms.ten_crop``), multi-scale views as a list of whole
-    images, one per shorter side (``evaluation.classification.MultiScale``).
+    views, both as ``views`` (``data.options.ClsViews``) sets them. The image is
+    ``device_input.RawImages``: uint8 ``[3, crop, crop]`` (ten crops: ``[10, 3, crop, crop]``,
+    ``cls_transforms.ten_crop``) and the lighting offset, normalised once the batch is on the
+    trainer's device; multi-scale views come as a list of normalised float32 whole images, one
+    per shorter side (``evaluation.classification.MultiScale``).
 
     Normalisation is per channel with ImageNet's mean/std (``cls_transforms.IMAGENET_MEAN/STD``)
     rather than the paper's per-pixel mean image: under scale augmentation a pixel position has no
@@ -153,20 +155,26 @@ class ImageFolderDataset(Dataset):
 
     def transform(
         self, image: np.ndarray, rng: np.random.Generator
-    ) -> torch.Tensor | list[torch.Tensor]:
-        """uint8 RGB ``[H, W, 3]`` -> float32 ``[3, crop, crop]``, ``[10, 3, crop, crop]`` with
-        ten_crop, or with test_scales one whole image ``[3, H_s, W_s]`` per shorter side s."""
+    ) -> RawImages | list[torch.Tensor]:
+        """uint8 RGB ``[H, W, 3]`` -> the sample's image: ``RawImages`` of one ``[3, crop, crop]``
+        view (``[10, 3, crop, crop]`` with ten_crop) left for the trainer's device to normalise,
+        or with test_scales a list of normalised float32 whole images ``[3, H_s, W_s]``, one per
+        shorter side s."""
         views = self.views
         if self.train:
             view = scale_crop_flip(image, rng, views.train_scale, views.crop)
-            shift = lighting_shift(rng, views.lighting_std) if views.lighting_std > 0 else None
-            return normalized_chw(view, shift)
+            if views.lighting_std > 0:
+                return RawImages(
+                    to_chw_tensor(view), torch.from_numpy(lighting_shift(rng, views.lighting_std))
+                )
+            return RawImages(to_chw_tensor(view), torch.zeros(3))
         if views.test_scales:
             return [normalized_chw(resize_short_side(image, size)) for size in views.test_scales]
-        image = resize_short_side(image, views.test_size)
         if views.ten_crop:
-            return torch.from_numpy(ten_crop(normalize(to_unit_float(image)), views.crop))
-        return normalized_chw(center_crop(image, views.crop))
+            crops = ten_crop(resize_short_side(image, views.test_size), views.crop)
+            return RawImages(torch.from_numpy(crops), torch.zeros(3))
+        view = center_view(image, views.test_size, views.crop)
+        return RawImages(to_chw_tensor(view), torch.zeros(3))
 
 
 def _split_folder(root: Path, split: str, layout: str) -> Path:

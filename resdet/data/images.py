@@ -24,13 +24,19 @@ def decode_rgb(path: Path) -> np.ndarray | None:
     ``cv2.imdecode`` of the file's bytes, not ``cv2.imread``: measured with OpenCV 5.0, imread
     fills the missing part of a truncated JPEG with grey and returns it, imdecode rejects it.
     EXIF orientation is ignored, as PIL (and so torchvision and the COCO/VOC annotations) does.
+    OpenCV >= 4.11 decodes to RGB directly (a tenth faster than decoding BGR and converting).
     """
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError:
         return None
+    if _IMREAD_RGB is not None:
+        return cv2.imdecode(data, _IMREAD_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+_IMREAD_RGB = getattr(cv2, "IMREAD_COLOR_RGB", None)
 
 
 class SkipCounter:

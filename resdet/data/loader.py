@@ -17,6 +17,7 @@ import cv2
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
+from resdet.data.device_input import to_model_input
 from resdet.data.samplers import (
     LOADER_STREAM,
     GroupedBatchSampler,
@@ -56,22 +57,23 @@ def to_device(batch: T, device: torch.device, non_blocking: bool = False) -> T:
     if isinstance(batch, list):
         return [to_device(value, device, non_blocking) for value in batch]
     if isinstance(batch, tuple):
-        return tuple(to_device(value, device, non_blocking) for value in batch)
+        moved = (to_device(value, device, non_blocking) for value in batch)
+        # A NamedTuple (RawImages) keeps its type, so its meaning survives the move.
+        return type(batch)(*moved) if hasattr(batch, "_fields") else tuple(moved)
     return batch
 
 
 def prepare_batch(
     batch: tuple[Any, Any], device: torch.device, *, channels_last: bool = False
 ) -> tuple[Any, Any]:
-    """``(images, targets)`` moved to ``device`` (asynchronously to CUDA, from pinned memory).
+    """``(images, targets)`` moved to ``device`` (asynchronously to CUDA, from pinned memory),
+    the images made the model's float input there (``device_input.to_model_input``).
 
-    With ``channels_last`` a 4-D image Tensor [B,3,H,W] gets the NHWC memory layout; lists of
-    detection images are left as they are.
+    With ``channels_last`` a 4-D image batch [B,3,H,W] gets the NHWC memory layout; lists of
+    detection images keep theirs.
     """
     images, targets = to_device(batch, device, non_blocking=device.type == "cuda")
-    if channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
-        images = images.contiguous(memory_format=torch.channels_last)
-    return images, targets
+    return to_model_input(images, channels_last), targets
 
 
 def batch_size_of(images: torch.Tensor | Sequence[torch.Tensor]) -> int:

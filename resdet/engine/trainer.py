@@ -53,8 +53,8 @@ class Trainer:
             ``device``.
         optimizer: built on ``model``'s parameters (``resdet.engine.optim.build_sgd``).
         schedule: sets the learning rate of every parameter group before each step.
-        train_loader: the endless batch stream; classification batches are
-            ``(Tensor [B,3,H,W], Tensor [B])``, detection ``(list[Tensor], list[dict])``.
+        train_loader: the endless batch stream (docs/design.md#batches); ``prepare_batch``
+            makes its images the model's float input on ``device``.
         max_iters: number of optimizer steps of the whole run.
         out_dir: receives ``last.pt`` and ``metrics.jsonl``.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"auto"`` or a ``torch.device``.
