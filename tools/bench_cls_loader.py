@@ -10,8 +10,9 @@ gives) of
   (RandomResizedCrop, flip, float, normalise; also stopped at uint8, resdet's split), and the
   classic PIL path (``transforms.RandomResizedCrop`` ... ``ToTensor``, ``Normalize``), timed in
   alternating rounds, with the median ratio of resdet's rate to each;
-- ImageFolder test samples (centre crop, ten-crop) and training samples through a DataLoader
-  with worker processes;
+- ImageFolder test samples (centre crop, ten-crop), training samples with ``data.decode=gpu``
+  (what the workers still do then: read the bytes and the header, draw the view) and training
+  samples through a DataLoader with worker processes;
 - CIFAR-10 training samples (pad-crop-flip, mean subtraction) from batches in the real format;
 - JPEG decoding alone with cv2.imdecode and torchvision.io.decode_jpeg.
 
@@ -245,6 +246,13 @@ def main() -> None:
         folder = root / "jpegs" / "train"
         training = compare_training(folder, args.rounds)
         train = ImageFolderDataset(folder, train=True)
+        on_device = ImageFolderDataset(folder, train=True, decode="gpu")
+        results.append(
+            (
+                "ImageFolder train, data.decode=gpu, worker side (per CPU s)",
+                single_process(on_device),
+            )
+        )
         results.append(
             (
                 "ImageFolder test centre crop, 1 process (per CPU s)",

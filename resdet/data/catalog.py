@@ -23,7 +23,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from resdet.data.options import DEFAULT_SIZES, DEFAULT_VIEWS, ClsViews, DetSizes
+from resdet.data.options import DEFAULT_SIZES, DEFAULT_VIEWS, ClsViews, DecodeDevice, DetSizes
 from resdet.registry import Registry
 
 __all__ = [
@@ -111,6 +111,7 @@ def build_cls_dataset(
     views: ClsViews = DEFAULT_VIEWS,
     val_size: int = 0,
     download: bool = False,
+    decode: DecodeDevice = "cpu",
     strict: bool = False,
 ) -> Dataset:
     """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
@@ -120,15 +121,16 @@ def build_cls_dataset(
     that read no folder (``digits``, ``folder:PATH``) refuse one.
     ``split`` is cifar10's train/val/test, imagenet's train/val, digits' train/test or any
     subfolder of PATH (``PATH/<split>/<class>/*``). ``train`` switches augmentation on.
-    ``views`` (sizes, crops, ten-crop and multi-scale testing) apply to imagenet and folder
-    sets, ``val_size`` and ``download`` to cifar10 (an entry's ``options`` say which); one that
-    a set does not use is an error unless it has its default value (``CLS_OPTIONS``).
+    ``views`` (sizes, crops, ten-crop and multi-scale testing) and ``decode`` (``"gpu"``: the
+    JPEGs are decoded on the training device, ``ImageFolderDataset``) apply to imagenet and
+    folder sets, ``val_size`` and ``download`` to cifar10 (an entry's ``options`` say which); one
+    that a set does not use is an error unless it has its default value (``CLS_OPTIONS``).
     ``strict`` makes an unreadable image an error rather than a counted skip (every set takes
-    it). Every dataset has ``num_classes`` and ``class_names`` and yields
-    ``(float32 [3, H, W], label)``.
+    it). Every dataset has ``num_classes`` and ``class_names`` and yields ``(image, label)``
+    samples (docs/design.md#samples-seeds-and-resuming).
     """
     entry, path = find_dataset(CLS_DATASETS, name)
-    options = {"views": views, "val_size": val_size, "download": download}
+    options = {"views": views, "val_size": val_size, "download": download, "decode": decode}
     for option, value in options.items():
         if option not in entry.options and value != CLS_OPTIONS[option]:
             users = [
@@ -231,19 +233,33 @@ def _digits(path: None, root: None, split: str, *, train: bool, strict: bool) ->
 
 
 def _imagenet(
-    path: None, root: str, split: str, *, train: bool, strict: bool, views: ClsViews
+    path: None,
+    root: str,
+    split: str,
+    *,
+    train: bool,
+    strict: bool,
+    views: ClsViews,
+    decode: DecodeDevice,
 ) -> Dataset:
     from resdet.data.folder import build_imagenet
 
-    return build_imagenet(root, split, train=train, strict=strict, views=views)
+    return build_imagenet(root, split, train=train, strict=strict, views=views, decode=decode)
 
 
 def _image_folder(
-    path: str, root: None, split: str, *, train: bool, strict: bool, views: ClsViews
+    path: str,
+    root: None,
+    split: str,
+    *,
+    train: bool,
+    strict: bool,
+    views: ClsViews,
+    decode: DecodeDevice,
 ) -> Dataset:
     from resdet.data.folder import build_image_folder
 
-    return build_image_folder(path, split, train=train, strict=strict, views=views)
+    return build_image_folder(path, split, train=train, strict=strict, views=views, decode=decode)
 
 
 CLS_DATASETS.register(
@@ -261,7 +277,7 @@ CLS_DATASETS.register(
         _imagenet,
         "ImageNet 2012 in class folders (paper section 3.4); train/val",
         "datasets/imagenet",
-        options=frozenset({"views"}),
+        options=frozenset({"views", "decode"}),
     ),
 )
 CLS_DATASETS.register(
@@ -274,7 +290,7 @@ CLS_DATASETS.register(
         _image_folder,
         "PATH/<split>/<class>/<image>, ImageNet's recipe",
         takes_path=True,
-        options=frozenset({"views"}),
+        options=frozenset({"views", "decode"}),
     ),
 )
 

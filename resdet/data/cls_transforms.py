@@ -8,6 +8,8 @@ tensors the models take.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import cv2
 import numpy as np
 import torch
@@ -102,51 +104,77 @@ def short_side_shape(h: int, w: int, size: int) -> tuple[int, int]:
     return (size, new_long) if h <= w else (new_long, size)
 
 
-def scale_crop_flip(
-    image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int], crop: int
-) -> np.ndarray:
-    """The paper's training view (section 3.4): the shorter side resized to a uniform integer
-    in ``scale`` (inclusive), a uniform random ``crop x crop`` crop, a flip with probability
-    0.5, drawn in that order, and computed by ``resized_window``. Returns ``[crop, crop, C]``.
-    """
-    h, w = image.shape[:2]
+class Window(NamedTuple):
+    """A ``crop x crop`` view of an image resized to shorter side ``size``: its top-left corner
+    ``(top, left)`` in the resized image's pixels, and whether it is mirrored."""
+
+    size: int
+    top: int
+    left: int
+    flip: bool
+
+
+def draw_train_window(
+    h: int, w: int, rng: np.random.Generator, scale: tuple[int, int], crop: int
+) -> Window:
+    """The paper's training view (section 3.4) of an ``h x w`` image: the shorter side resized
+    to a uniform integer in ``scale`` (inclusive), a uniform random ``crop x crop`` crop and a
+    flip with probability 0.5, drawn in that order."""
     size = int(rng.integers(scale[0], scale[1] + 1))
     new_h, new_w = short_side_shape(h, w, size)
     top = int(rng.integers(0, new_h - crop + 1))
     left = int(rng.integers(0, new_w - crop + 1))
-    flip = rng.random() < 0.5
-    view = resized_window(image, size, top, left, crop)
-    return view[:, ::-1] if flip else view
+    return Window(size, top, left, bool(rng.random() < 0.5))
+
+
+def center_window(h: int, w: int, size: int, crop: int) -> Window:
+    """The central ``crop x crop`` crop of an ``h x w`` image resized to shorter side ``size``
+    (offsets ``round((H' - crop) / 2)`` as in torchvision's ``center_crop``)."""
+    new_h, new_w = short_side_shape(h, w, size)
+    return Window(size, int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0)), False)
+
+
+def source_region(h: int, w: int, window: Window, crop: int) -> tuple[int, int, int, int]:
+    """``(y0, y1, x0, x1)``: the whole pixels of the ``h x w`` source that ``window`` covers.
+
+    Resizing a whole photo to shorter side 256..480 only to keep a 224 x 224 crop of it was most
+    of the pipeline's time, so views resize this region alone. Its edges are rounded to whole
+    source pixels, so the view may sit up to half a source pixel from the resize-then-crop one
+    (and its scale differ by half a pixel in ``crop``): a few grey levels on photos, nothing to
+    an augmentation.
+    """
+    new_h, new_w = short_side_shape(h, w, window.size)
+    sy, sx = h / new_h, w / new_w  # source pixels per output pixel
+    y0, x0 = round(window.top * sy), round(window.left * sx)
+    return y0, min(h, y0 + round(crop * sy)), x0, min(w, x0 + round(crop * sx))
+
+
+def resized_window(image: np.ndarray, window: Window, crop: int) -> np.ndarray:
+    """``window`` of ``image`` as ``[crop, crop, C]``: its ``source_region`` resized (shrinking
+    antialiased by ``shrink``, enlarging bilinear), mirrored if ``window.flip``."""
+    h, w = image.shape[:2]
+    y0, y1, x0, x1 = source_region(h, w, window, crop)
+    region = image[y0:y1, x0:x1]
+    if region.shape[:2] == (crop, crop):
+        view = region
+    elif window.size < min(h, w):
+        view = shrink(region, crop, crop)
+    else:
+        view = cv2.resize(region, (crop, crop), interpolation=cv2.INTER_LINEAR)
+    return view[:, ::-1] if window.flip else view
+
+
+def scale_crop_flip(
+    image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int], crop: int
+) -> np.ndarray:
+    """The paper's training view (``draw_train_window``) of ``image``, ``[crop, crop, C]``."""
+    window = draw_train_window(*image.shape[:2], rng, scale, crop)
+    return resized_window(image, window, crop)
 
 
 def center_view(image: np.ndarray, size: int, crop: int) -> np.ndarray:
-    """The central ``crop x crop`` crop of ``image`` resized to shorter side ``size``
-    (``center_crop(resize_short_side(image, size), crop)``), computed by ``resized_window``."""
-    new_h, new_w = short_side_shape(*image.shape[:2], size)
-    top, left = int(round((new_h - crop) / 2.0)), int(round((new_w - crop) / 2.0))
-    return resized_window(image, size, top, left, crop)
-
-
-def resized_window(image: np.ndarray, size: int, top: int, left: int, crop: int) -> np.ndarray:
-    """The ``crop x crop`` window at ``(top, left)`` of ``image`` resized to shorter side
-    ``size``, computed by resizing only the whole source pixels nearest the window's region.
-
-    Resizing a whole photo to shorter side 256..480 only to keep a 224 x 224 crop of it was most
-    of the pipeline's time. The region's edges are rounded to whole source pixels, so the view
-    may sit up to half a source pixel from the resize-then-crop one (and its scale differ by
-    half a pixel in ``crop``): a few grey levels on photos, nothing to an augmentation.
-    Shrinking is antialiased (``shrink``), enlarging bilinear.
-    """
-    h, w = image.shape[:2]
-    new_h, new_w = short_side_shape(h, w, size)
-    if (new_h, new_w) == (h, w):
-        return image[top : top + crop, left : left + crop]
-    sy, sx = h / new_h, w / new_w  # source pixels per output pixel
-    y0, x0 = round(top * sy), round(left * sx)
-    region = image[y0 : min(h, y0 + round(crop * sy)), x0 : min(w, x0 + round(crop * sx))]
-    if size < min(h, w):
-        return shrink(region, crop, crop)
-    return cv2.resize(region, (crop, crop), interpolation=cv2.INTER_LINEAR)
+    """``center_crop(resize_short_side(image, size), crop)``, resizing only the crop's region."""
+    return resized_window(image, center_window(*image.shape[:2], size, crop), crop)
 
 
 def center_crop(image: np.ndarray, size: int) -> np.ndarray:

@@ -2,27 +2,32 @@
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
     center_view,
+    center_window,
+    draw_train_window,
     lighting_shift,
     normalized_chw,
     parse_key,
     resize_short_side,
     scale_crop_flip,
+    source_region,
     ten_crop,
     to_chw_tensor,
 )
-from resdet.data.device_input import RawImages
+from resdet.data.device_input import EncodedImage, RawImages
 from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
-from resdet.data.options import DEFAULT_VIEWS, ClsViews
+from resdet.data.options import DEFAULT_VIEWS, ClsViews, DecodeDevice
 
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -104,12 +109,15 @@ class ImageFolderDataset(Dataset):
         *,
         train: bool,
         views: ClsViews = DEFAULT_VIEWS,
+        decode: DecodeDevice = "cpu",
         strict: bool = False,
     ) -> None:
         if train and views.test_time_only:
             raise ValueError(
                 "ten_crop and test_scales are test-time views; use them with train=False"
             )
+        if decode not in ("cpu", "gpu"):
+            raise ValueError(f"decode must be 'cpu' or 'gpu', got {decode!r}")
         self.root = Path(root)
         self.class_names, paths, labels = scan_class_folders(self.root)
         self.num_classes = len(self.class_names)
@@ -119,6 +127,8 @@ class ImageFolderDataset(Dataset):
         self.labels = np.array(labels, dtype=np.int64)
         self.train = train
         self.views = views
+        # Ten crops and whole multi-scale images are decoded in the workers whatever is asked.
+        self.decode = "cpu" if views.test_time_only else decode
         self.strict = strict
         self._skips = SkipCounter()
 
@@ -150,8 +160,54 @@ class ImageFolderDataset(Dataset):
         Returns (image, label); the image as ``transform`` describes.
         """
         index, rng = parse_key(key, len(self))
+        if self.decode == "gpu":
+            used, (data, shape) = first_readable(index, len(self), self.read_encoded, self.root)
+            return self.encoded_view(used, data, shape, rng), int(self.labels[used])
         used, image = first_readable(index, len(self), self.read_rgb, self.root)
         return self.transform(image, rng), int(self.labels[used])
+
+    def read_encoded(self, index: int) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """Sample ``index``'s file bytes and ``(H, W)`` from its header, without decoding; None
+        (and a warning) if it is missing, not an image, or a JPEG cut short of its end marker."""
+        path = self.path(index)
+        try:
+            data = np.fromfile(path, dtype=np.uint8)
+            with Image.open(io.BytesIO(data)) as header:  # lazy: reads the header only
+                (width, height), kind = header.size, header.format
+        except (OSError, ValueError, Image.DecompressionBombError):
+            data = None
+        # A truncated JPEG lacks the end-of-image marker (FF D9) that closes every whole one.
+        if data is not None and kind == "JPEG" and b"\xff\xd9" not in data[-32:].tobytes():
+            data = None
+        if data is None:
+            if self.strict:
+                raise unreadable_error(path, "data.strict is set")
+            self._skips.skip(path, "using the next image instead")
+            return None
+        return data, (height, width)
+
+    def encoded_view(
+        self, index: int, data: np.ndarray, shape: tuple[int, int], rng: np.random.Generator
+    ) -> EncodedImage:
+        """The training or centre view of file bytes ``data`` (an ``shape`` image) as an
+        ``EncodedImage``, with the random draws of ``transform``, in the same order."""
+        views, (h, w) = self.views, shape
+        if self.train:
+            window = draw_train_window(h, w, rng, views.train_scale, views.crop)
+        else:
+            window = center_window(h, w, views.test_size, views.crop)
+        lighting = self.train and views.lighting_std > 0
+        return EncodedImage(
+            data=torch.from_numpy(data),
+            region=torch.tensor(source_region(h, w, window, views.crop)),
+            crop=views.crop,
+            antialias=window.size < min(h, w),
+            flip=window.flip,
+            shift=torch.from_numpy(lighting_shift(rng, views.lighting_std))
+            if lighting
+            else torch.zeros(3),
+            path=str(self.path(index)),
+        )
 
     def transform(
         self, image: np.ndarray, rng: np.random.Generator
@@ -198,6 +254,7 @@ def build_imagenet(
     *,
     train: bool | None = None,
     views: ClsViews = DEFAULT_VIEWS,
+    decode: DecodeDevice = "cpu",
     strict: bool = False,
 ) -> ImageFolderDataset:
     """The ImageNet ``split`` ("train" or "val") of ``root`` as an ``ImageFolderDataset``.
@@ -213,6 +270,7 @@ def build_imagenet(
         folder,
         train=split == "train" if train is None else train,
         views=views,
+        decode=decode,
         strict=strict,
     )
     if dataset.num_classes != IMAGENET_CLASSES:
@@ -230,6 +288,7 @@ def build_image_folder(
     *,
     train: bool,
     views: ClsViews = DEFAULT_VIEWS,
+    decode: DecodeDevice = "cpu",
     strict: bool = False,
 ) -> ImageFolderDataset:
     """The ``split`` subfolder of a user's ``path/<split>/<class>/<image>`` tree, with
@@ -240,5 +299,6 @@ def build_image_folder(
         _split_folder(path, split, layout),
         train=train,
         views=views,
+        decode=decode,
         strict=strict,
     )

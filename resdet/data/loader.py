@@ -73,7 +73,7 @@ def prepare_batch(
     detection images keep theirs.
     """
     images, targets = to_device(batch, device, non_blocking=device.type == "cuda")
-    return to_model_input(images, channels_last), targets
+    return to_model_input(images, device, channels_last), targets
 
 
 def batch_size_of(images: torch.Tensor | Sequence[torch.Tensor]) -> int:

@@ -7,6 +7,11 @@ them without loading OpenCV or albumentations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+# Where an image-folder set's JPEGs are decoded: in the DataLoader workers ("cpu") or, from the
+# bytes the workers read, on the training device ("gpu": nvjpeg on CUDA), data.device_input.
+DecodeDevice = Literal["cpu", "gpu"]
 
 
 @dataclass(frozen=True)

@@ -131,24 +131,30 @@ class Evaluation(Hook):
             trainer.save_checkpoint()  # this iteration's checkpoint, now with the results
 
 
-class SkippedImages(Hook):
-    """Adds ``skipped_images`` to train records: the run's total, summed over ranks.
+class CountedImages(Hook):
+    """Adds ``key`` to train records: the run's total of an image count, summed over ranks.
 
-    ``count`` returns how many unreadable images this rank's data set has replaced in this
-    process (the image-folder and detection data sets' ``skipped``, counted across their
-    loading workers); a resumed run adds the total of the last train record before its
-    checkpoint.
+    ``count`` returns this rank's count in this process so far: the unreadable images that
+    the image-folder and detection sets replaced (their ``skipped``, counted across their
+    loading workers; key ``skipped_images``), or the images that the device's JPEG decoder
+    refused (``data.device_input.cpu_decodes``; key ``cpu_decoded_images``). A resumed run
+    adds the total of the last train record before its checkpoint.
     """
 
-    def __init__(self, count: Callable[[], int]) -> None:
+    def __init__(self, key: str, count: Callable[[], int]) -> None:
+        self.key = key
         self.count = count
         self.before_resume = 0
         self.total = 0
 
+    @property
+    def name(self) -> str:
+        return self.key
+
     def on_train_record(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        counted = distributed.all_reduce_sum({"skipped_images": float(self.count())})
-        self.total = self.before_resume + round(counted["skipped_images"])
-        record["skipped_images"] = self.total
+        counted = distributed.all_reduce_sum({self.key: float(self.count())})
+        self.total = self.before_resume + round(counted[self.key])
+        record[self.key] = self.total
 
     def state_dict(self) -> dict[str, Any]:
         return {"total": self.total}

@@ -10,9 +10,11 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from resdet.data.catalog import build_cls_dataset
+from resdet.data.device_input import collate_cls, cpu_decodes
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import distributed
 from resdet.engine.evaluate import inference
+from resdet.engine.hooks import CountedImages
 from resdet.evaluation.classification import (
     PAPER_TEST_SCALES,
     ClassificationEvaluator,
@@ -67,6 +69,7 @@ def build_dataset(
         views=views,
         val_size=data.val_size,
         download=data.download and train,
+        decode=data.decode,
         strict=data.strict,
     )
 
@@ -136,11 +139,13 @@ def train_classifier(
         rank=distributed.get_rank(),
         world_size=distributed.get_world_size(),
         pin_memory=pin,
+        collate_fn=collate_cls,
     )
     eval_loader = build_eval_loader(
         test_set,
         batch_size=per_rank_batch(cfg.data.batch_size),
         num_workers=cfg.data.workers,
+        collate_fn=collate_cls,
         rank=distributed.get_rank(),
         world_size=distributed.get_world_size(),
         pin_memory=pin,
@@ -161,6 +166,9 @@ def train_classifier(
         evaluate=evaluate,
         checkpoint_meta=checkpoint_meta(cfg, "cls", model_signature(cfg), cfg.data.dataset),
         channels_last=cfg.train.channels_last,
+        extra_hooks=[CountedImages("cpu_decoded_images", cpu_decodes)]
+        if cfg.data.decode == "gpu"
+        else [],
     )
     if resume is not None:
         trainer.resume(resume)
@@ -242,7 +250,9 @@ def evaluate_checkpoint(
     amp = resolve_amp(cfg.train.amp, target)
     metrics: dict[str, float] = {}
     for suffix, dataset, wrapper, batch_size in views:
-        loader = build_eval_loader(dataset, batch_size=batch_size, num_workers=data.workers)
+        loader = build_eval_loader(
+            dataset, batch_size=batch_size, num_workers=data.workers, collate_fn=collate_cls
+        )
         viewed = model if wrapper is None else wrapper(model)
         result = inference(viewed, loader, ClassificationEvaluator(), target, amp, channels_last)
         metrics.update({f"{key}{suffix}": value for key, value in result.items()})

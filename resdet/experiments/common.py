@@ -6,7 +6,7 @@ import json
 import logging
 import random
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ from resdet.data.summary import data_summary, summary_line
 from resdet.engine import distributed
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import AmpMode
-from resdet.engine.hooks import Hook, SkippedImages
+from resdet.engine.hooks import CountedImages, Hook
 from resdet.engine.optim import build_sgd
 from resdet.engine.schedule import (
     CosineSchedule,
@@ -105,8 +105,10 @@ def build_trainer(
     checkpoint_meta: Mapping[str, Any],
     channels_last: bool,
     find_unused_parameters: bool = False,
+    extra_hooks: Sequence[Hook] = (),
 ) -> Trainer:
-    """A ``Trainer`` for ``model`` with SGD and the schedule of ``optim``, settings of ``train``."""
+    """A ``Trainer`` for ``model`` with SGD and the schedule of ``optim``, settings of ``train``,
+    and ``extra_hooks`` before the one counting skipped images."""
     # An iteration is one optimizer step, which consumes grad_accum batches.
     per_epoch = max(1, loader.batches_per_epoch // train.grad_accum)
     max_iters = train.epochs * per_epoch if train.epochs > 0 else train.iters
@@ -118,9 +120,9 @@ def build_trainer(
         nesterov=optim.nesterov,
         exclude_norm_and_bias_from_decay=optim.no_decay_norm,
     )
-    hooks: list[Hook] = []
+    hooks: list[Hook] = list(extra_hooks)
     if hasattr(loader.dataset, "skipped"):  # image folders and detection sets replace bad images
-        hooks.append(SkippedImages(lambda: loader.dataset.skipped))
+        hooks.append(CountedImages("skipped_images", lambda: loader.dataset.skipped))
     return Trainer(
         model,
         optimizer,

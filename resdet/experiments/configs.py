@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from resdet.data.options import ClsViews, DetSizes
+from resdet.data.options import ClsViews, DecodeDevice, DetSizes
 from resdet.models.conventions import RCNNConventions
 from resdet.models.rcnn_settings import RoIHeadSettings, RPNSettings
 
@@ -79,6 +79,8 @@ class ClsDataConfig:
     workers: int = 4
     # ImageNet and folder sets: training scale range, crop, test size, lighting (pixels)
     views: ClsViews = field(default_factory=ClsViews)
+    # ImageNet and folder sets: decode JPEGs in the workers (cpu) or on the training device (gpu)
+    decode: DecodeDevice = "cpu"
     strict: bool = False  # an unreadable image is an error instead of a counted skip
 
 

@@ -16,7 +16,7 @@ from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import trainer as trainer_module
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import inference
-from resdet.engine.hooks import Evaluation, Hook, SkippedImages
+from resdet.engine.hooks import CountedImages, Evaluation, Hook
 from resdet.engine.optim import build_sgd
 from resdet.engine.progress import NonFiniteLossError
 from resdet.engine.schedule import CosineSchedule, Warmup
@@ -130,7 +130,7 @@ def test_hooks_run_in_order_add_to_records_and_resume_with_their_state(tmp_path:
             self.steps = state["steps"]
 
     counting, skipped = Counting(), [0]
-    hooks = [counting, SkippedImages(lambda: skipped[0])]
+    hooks = [counting, CountedImages("skipped_images", lambda: skipped[0])]
     trainer = build(tmp_path, max_iters=8, hooks=hooks)
     skipped[0] = 3  # as ImageFolderDataset counts unreadable files
     trainer.fit()
@@ -146,10 +146,10 @@ def test_hooks_run_in_order_add_to_records_and_resume_with_their_state(tmp_path:
     assert resumed.steps == 10
 
 
-def test_skipped_images_continue_their_total_after_a_resume() -> None:
-    first, record = SkippedImages(lambda: 2), {}
+def test_counted_images_continue_their_total_after_a_resume() -> None:
+    first, record = CountedImages("skipped_images", lambda: 2), {}
     first.on_train_record(None, record)  # type: ignore[arg-type]  # the trainer is not read
-    resumed, again = SkippedImages(lambda: 1), {}
+    resumed, again = CountedImages("skipped_images", lambda: 1), {}
     resumed.load_state_dict(first.state_dict())
     resumed.on_train_record(None, again)  # type: ignore[arg-type]
     assert (record["skipped_images"], again["skipped_images"]) == (2, 3)
@@ -157,7 +157,13 @@ def test_skipped_images_continue_their_total_after_a_resume() -> None:
 
 def test_hook_names_must_be_unique(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="hook names must be unique"):
-        build(tmp_path, hooks=[SkippedImages(lambda: 0), SkippedImages(lambda: 0)])
+        build(
+            tmp_path,
+            hooks=[
+                CountedImages("skipped_images", lambda: 0),
+                CountedImages("skipped_images", lambda: 0),
+            ],
+        )
 
 
 @pytest.mark.parametrize(("workers_first", "workers_resumed"), [(0, 0), (2, 2), (0, 2)])
