@@ -11,6 +11,7 @@ executes no code from the file, can read it.
 from __future__ import annotations
 
 import random
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,59 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
         **state,
     }
     write_atomically(path, lambda tmp: torch.save(payload, tmp))
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread, so that training waits only for the copy of
+    the state to host memory, not for pickling, writing and fsyncing hundreds of megabytes.
+
+    One write is in flight at a time: ``save`` first waits for the previous one. ``wait``
+    blocks until the last write is on disk and raises its error, if it had one. The thread is
+    not a daemon, so an interpreter that exits (after Ctrl-C, say) still finishes the file; the
+    write is atomic (``save_checkpoint``) whatever happens.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+        self._path: Path | None = None
+
+    def save(self, path: str | Path, state: dict[str, Any]) -> None:
+        """Copy ``state`` to host memory and write it to ``path`` in the background."""
+        self.wait()
+        host = to_host(state)  # training may change every tensor of state from here on
+        self._path = Path(path)
+        self._thread = threading.Thread(
+            target=self._write, args=(self._path, host), name="resdet-checkpoint"
+        )
+        self._thread.start()
+
+    def _write(self, path: Path, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(path, state)
+        except BaseException as error:  # reported by wait(), in the training thread
+            self._error = error
+
+    def wait(self) -> None:
+        """Block until the last checkpoint is written; ``OSError`` naming it if that failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise OSError(f"writing checkpoint {self._path} failed: {error}") from error
+
+
+def to_host(value: Any) -> Any:
+    """A copy of ``value`` whose tensors are new host-memory tensors (dicts, lists and tuples
+    copied along; other values shared, being immutable)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_host(item) for item in value)
+    return value
 
 
 def load_checkpoint(

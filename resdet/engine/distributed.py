@@ -128,14 +128,19 @@ def configure_backends(device: torch.device, *, deterministic: bool, fixed_shape
 
 
 def wrap_ddp(
-    model: nn.Module, device: torch.device, *, find_unused_parameters: bool = False
+    model: nn.Module,
+    device: torch.device,
+    *,
+    find_unused_parameters: bool = False,
+    static_graph: bool = False,
 ) -> DistributedDataParallel:
     """``model`` in ``DistributedDataParallel``, set up for speed.
 
     Gradients live in the all-reduce buckets (no copy in and out of them), and rank 0's buffers
     are broadcast before each forward only when training changes them (BatchNorm running
     statistics; frozen BN's never change). ``find_unused_parameters`` for detectors whose heads
-    skip parameters on some batches.
+    skip parameters on some batches; ``static_graph`` when every step uses the same
+    parameters in the same order (classifiers without gradient accumulation).
     """
     changing_buffers = any(
         isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats
@@ -147,6 +152,7 @@ def wrap_ddp(
         find_unused_parameters=find_unused_parameters,
         gradient_as_bucket_view=True,
         broadcast_buffers=changing_buffers,
+        static_graph=static_graph,
     )
 
 

@@ -23,12 +23,12 @@ from torch.nn.parallel import DistributedDataParallel
 from resdet.data.loader import TrainLoader, batch_size_of, prepare_batch
 from resdet.engine import distributed
 from resdet.engine.checkpoint import (
+    CheckpointWriter,
     capture_rng_state,
     check_plain,
     check_same_run,
     load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from resdet.engine.distributed import StopSignals
 from resdet.engine.evaluate import AMP_DTYPES, AmpMode, autocast
@@ -73,6 +73,10 @@ class Trainer:
             or variant signature), ``dataset``; ``task`` and ``model`` must match on resume.
         find_unused_parameters: passed to ``DistributedDataParallel`` (detectors whose heads
             skip parameters on some batches need it).
+        static_graph: tell ``DistributedDataParallel`` that every step uses the same
+            parameters in the same order (classifiers), which lets it plan its all-reduces.
+        compile_model: train through ``torch.compile(model)``; if compiling fails, a message
+            says why and training goes on with the model as it is.
         hooks: extensions called around each step (``resdet.engine.hooks``); they run after the
             schedule's feedback and before the checkpoint and evaluation hooks the trainer adds.
 
@@ -105,6 +109,8 @@ class Trainer:
         evaluate: Callable[[nn.Module], Mapping[str, float]] | None = None,
         checkpoint_meta: Mapping[str, Any] | None = None,
         find_unused_parameters: bool = False,
+        static_graph: bool = False,
+        compile_model: bool = False,
         hooks: Sequence[Hook] = (),
     ) -> None:
         if amp not in AMP_DTYPES:
@@ -126,8 +132,14 @@ class Trainer:
         self.train_model: nn.Module = self.model
         if distributed.is_distributed():
             self.train_model = distributed.wrap_ddp(
-                self.model, self.device, find_unused_parameters=find_unused_parameters
+                self.model,
+                self.device,
+                find_unused_parameters=find_unused_parameters,
+                static_graph=static_graph and grad_accum == 1,
             )
+        self._eager_model = self.train_model
+        if compile_model:
+            self.train_model = torch.compile(self.train_model)
         self.optimizer = optimizer
         self.schedule = schedule
         self.train_loader = train_loader
@@ -163,6 +175,7 @@ class Trainer:
         # Reading the loss every iteration is free on CPU but would stall a GPU's queue.
         self._check_every_iteration = self.device.type == "cpu"
         self._signals = StopSignals()
+        self._writer = CheckpointWriter()
         # "forward" (parameters and optimizer untouched), "update" (optimizer step) or "hooks".
         self._phase = "hooks"
         self._progress: TrainProgress | None = None
@@ -191,6 +204,7 @@ class Trainer:
                 self._call("after_train")
         finally:
             batches.close()  # shuts down the stream's DataLoader workers
+            self._writer.wait()
         distributed.barrier()
         return dict(self.last_eval)
 
@@ -234,7 +248,7 @@ class Trainer:
             # Only the last batch's backward all-reduces the accumulated gradients.
             with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
                 with autocast(self.device, self.amp):
-                    outputs = self.train_model(inputs, targets)
+                    outputs = self._forward(inputs, targets)
                 loss = total_loss(outputs)
                 self.scaler.scale(loss / self.grad_accum).backward()
             entries.append({**outputs, "loss": loss})
@@ -248,6 +262,24 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.iteration += 1
         return entries, images
+
+    def _forward(self, inputs: Any, targets: Any) -> dict[str, torch.Tensor]:
+        try:
+            return self.train_model(inputs, targets)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            if self.train_model is self._eager_model:
+                raise
+            # Compiling happens at the first call and again for new input shapes (detection).
+            if self.is_main:
+                first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                print(
+                    f"train.compile: torch.compile cannot compile {type(self.model).__name__} "
+                    f"({type(error).__name__}: {first_line}); training goes on without it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            self.train_model = self._eager_model
+            return self.train_model(inputs, targets)
 
     # ---------------------------------------------------------------- after a step
 
@@ -330,14 +362,19 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Write ``last.pt`` (rank 0) with the state after ``iteration`` steps, RNGs included;
-        refuses (``NonFiniteLossError``) a state reached through a non-finite loss."""
+        refuses (``NonFiniteLossError``) a state reached through a non-finite loss. Returns once
+        the state is copied; ``wait_for_checkpoint`` waits for the file."""
         self.check_finite()
         self._save(capture_rng_state(self.device))
 
     def _save(self, rng: dict[str, Any]) -> None:
-        if self.is_main:
-            save_checkpoint(self.checkpoint_path, self._state(rng))
+        if self.is_main:  # written in the background (CheckpointWriter)
+            self._writer.save(self.checkpoint_path, self._state(rng))
         self.saved_at = self.iteration
+
+    def wait_for_checkpoint(self) -> None:
+        """Block until the last checkpoint is on disk (``fit`` does before it returns)."""
+        self._writer.wait()
 
     def _stop_with_checkpoint(
         self, rng: dict[str, Any], error: BaseException | None = None
@@ -345,6 +382,7 @@ class Trainer:
         """Save the last completed iteration (unless just saved), say where, and stop."""
         if self.saved_at != self.iteration:
             self._save(rng)
+        self._writer.wait()
         sigterm = self._signals.signum == signal.SIGTERM
         if self.is_main:
             print(

@@ -166,6 +166,7 @@ def train_classifier(
         evaluate=evaluate,
         checkpoint_meta=checkpoint_meta(cfg, "cls", model_signature(cfg), cfg.data.dataset),
         channels_last=cfg.train.channels_last,
+        static_graph=True,  # a classifier uses every parameter, in the same order, every step
         extra_hooks=[CountedImages("cpu_decoded_images", cpu_decodes)]
         if cfg.data.decode == "gpu"
         else [],

@@ -105,6 +105,7 @@ def build_trainer(
     checkpoint_meta: Mapping[str, Any],
     channels_last: bool,
     find_unused_parameters: bool = False,
+    static_graph: bool = False,
     extra_hooks: Sequence[Hook] = (),
 ) -> Trainer:
     """A ``Trainer`` for ``model`` with SGD and the schedule of ``optim``, settings of ``train``,
@@ -141,6 +142,8 @@ def build_trainer(
         evaluate=evaluate,
         checkpoint_meta=checkpoint_meta,
         find_unused_parameters=find_unused_parameters,
+        static_graph=static_graph,
+        compile_model=train.compile,
         hooks=hooks,
     )
 

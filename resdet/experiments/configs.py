@@ -54,6 +54,8 @@ class TrainConfig:
     seed: int = 0
     # deterministic GPU kernels (bit-exact resume on GPU, slower); CPU runs are deterministic
     deterministic: bool = False
+    # torch.compile the model (slow first steps; a model it cannot compile trains uncompiled)
+    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -89,3 +89,26 @@ def test_a_checkpoint_of_another_model_is_refused() -> None:
         ValueError, match="model 'cifar_resnet20', but this run's model is 'cifar_resnet56'"
     ):
         check_same_run(saved, {**saved, "model": "cifar_resnet56"}, "last.pt")
+
+
+def test_background_writes_keep_the_state_of_the_moment_they_were_asked(tmp_path):
+    from resdet.engine.checkpoint import CheckpointWriter
+
+    writer, weights = CheckpointWriter(), torch.zeros(4)
+    writer.save(tmp_path / "a.pt", {"model": {"w": weights}, "iteration": 1})
+    weights += 1  # training goes on while the file is written
+    writer.save(tmp_path / "b.pt", {"model": {"w": weights}, "iteration": 2})
+    writer.wait()
+    assert torch.equal(load_checkpoint(tmp_path / "a.pt")["model"]["w"], torch.zeros(4))
+    assert torch.equal(load_checkpoint(tmp_path / "b.pt")["model"]["w"], torch.ones(4))
+
+
+def test_a_failed_background_write_is_raised_where_training_waits(tmp_path):
+    from resdet.engine.checkpoint import CheckpointWriter
+
+    writer, path = CheckpointWriter(), tmp_path / "last.pt"
+    path.mkdir()  # a folder in the way: the final rename fails
+    writer.save(path, {"iteration": 1})
+    with pytest.raises(OSError, match="writing checkpoint .*last.pt failed"):
+        writer.wait()
+    writer.wait()  # reported once

@@ -152,6 +152,8 @@ def test_ddp_broadcasts_buffers_only_when_training_changes_them(tmp_path: Path) 
         )
         frozen = wrap_ddp(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), FrozenBatchNorm2d(4)), cpu)
         assert trained.broadcast_buffers and not frozen.broadcast_buffers
-        assert trained.gradient_as_bucket_view
+        assert trained.gradient_as_bucket_view and not trained.static_graph
+        static = wrap_ddp(torch.nn.Conv2d(3, 4, 1), cpu, static_graph=True)
+        assert static.static_graph
     finally:
         dist.destroy_process_group()

@@ -13,7 +13,7 @@ import torch
 from engine_toys import ToyAccuracy, ToyImages, ToyNet
 
 from resdet.data.loader import TrainLoader, build_eval_loader
-from resdet.engine import trainer as trainer_module
+from resdet.engine import checkpoint as checkpoint_module
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import inference
 from resdet.engine.hooks import CountedImages, Evaluation, Hook
@@ -39,6 +39,7 @@ def build(
     amp: str = "off",
     grad_accum: int = 1,
     hooks: tuple[Any, ...] | list[Any] = (),
+    compile_model: bool = False,
     **model_options: Any,
 ) -> Trainer:
     """A 24-iteration run on 64 toy images (8 batches of 8 per epoch), seeded like a real run."""
@@ -62,6 +63,7 @@ def build(
         evaluate=lambda model: inference(model, val_loader, ToyAccuracy(), CPU),
         checkpoint_meta=meta,
         hooks=hooks,
+        compile_model=compile_model,
     )
 
 
@@ -170,14 +172,14 @@ def test_hook_names_must_be_unique(tmp_path: Path) -> None:
 def test_resumed_run_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_first: int, workers_resumed: int
 ) -> None:
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpoint_module.save_checkpoint
 
     def save_and_keep_iteration_14(path: Path, state: dict[str, Any]) -> None:
         real_save(path, state)
         if state["iteration"] == 14:
             shutil.copy(path, tmp_path / "mid.pt")
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_keep_iteration_14)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep_iteration_14)
     # Iteration 14 is mid-epoch (8 batches per epoch) and mid log period (every 5).
     first = build(tmp_path / "first", workers=workers_first, checkpoint_period=7)
     first_metrics = first.fit()
@@ -214,14 +216,14 @@ def test_deferred_nan_check_of_gpu_runs_still_names_the_iteration(tmp_path: Path
 def test_keyboard_interrupt_inside_a_step_saves_a_checkpoint_that_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    real_save = trainer_module.save_checkpoint
+    real_save = checkpoint_module.save_checkpoint
     saved: dict[int, dict[str, Any]] = {}
 
     def save_and_remember(path: Path, state: dict[str, Any]) -> None:
         real_save(path, state)
         saved[state["iteration"]] = load_checkpoint(path)
 
-    monkeypatch.setattr(trainer_module, "save_checkpoint", save_and_remember)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_remember)
     build(tmp_path / "reference", checkpoint_period=9).fit()
     run_dir = tmp_path / "run"
     # The 10th forward pass has run its BN layer and drawn its dropout mask when Ctrl-C arrives.
@@ -330,3 +332,47 @@ def test_failed_final_evaluation_keeps_the_trained_state_and_resume_evaluates(
     metrics = resumed.fit()
     assert metrics and [r["iter"] for r in records(tmp_path) if r["type"] == "eval"][-1] == 24
     assert load_checkpoint(tmp_path / "last.pt")["trainer"]["evaluated_at"] == 24
+
+
+class Wrapped(torch.nn.Module):
+    """What torch.compile returns: a module around the model."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args: Any) -> Any:
+        return self.model(*args)
+
+
+def test_compiled_training_goes_through_torch_compile(tmp_path: Path, monkeypatch) -> None:
+    compiled: list[torch.nn.Module] = []
+
+    def fake_compile(model: torch.nn.Module) -> torch.nn.Module:  # as fast as eager, here
+        compiled.append(model)
+        return Wrapped(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    trainer = build(tmp_path / "compiled", compile_model=True, max_iters=6)
+    assert compiled == [trainer.model]
+    trainer.fit()
+    eager = build(tmp_path / "eager", max_iters=6)
+    eager.fit()
+    assert records(tmp_path / "compiled") == records(tmp_path / "eager")
+
+
+def test_a_model_torch_compile_cannot_compile_trains_as_it_is(tmp_path: Path, monkeypatch, capsys):
+    from torch._dynamo.exc import TorchDynamoException
+
+    class Failing(Wrapped):
+        def forward(self, *args: Any) -> Any:
+            raise TorchDynamoException("graph break in a data-dependent branch")
+
+    monkeypatch.setattr(torch, "compile", Failing)
+    trainer = build(tmp_path / "compiled", compile_model=True, max_iters=6)
+    trainer.fit()
+    assert "torch.compile cannot compile ToyNet (TorchDynamoException: graph break" in (
+        capsys.readouterr().err
+    )
+    build(tmp_path / "eager", max_iters=6).fit()
+    assert records(tmp_path / "compiled") == records(tmp_path / "eager")
