@@ -43,7 +43,6 @@ from torchvision.transforms import v2
 from resdet.data import cls_transforms as T
 from resdet.data.cifar import Cifar10
 from resdet.data.folder import ImageFolderDataset
-from resdet.data.images import decode_rgb
 from resdet.data.loader import init_worker
 from resdet.data.options import ClsViews
 
@@ -147,9 +146,13 @@ def decode_rates(paths: list[Path]) -> tuple[float, float]:
 
 
 def former_resdet_sample(path: Path, rng: np.random.Generator) -> torch.Tensor:
-    """resdet's training sample before the crop-first uint8 pipeline: the whole image resized
-    to the drawn shorter side, cropped, flipped, lighting added and normalised in float32."""
-    image = decode_rgb(path)
+    """resdet's training sample before the crop-first uint8 pipeline: decoded to BGR and
+    converted, the whole image resized to the drawn shorter side (cv2.INTER_AREA shrinking),
+    cropped, flipped, lighting added and normalised in float32."""
+    bgr = cv2.imdecode(
+        np.fromfile(path, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION
+    )
+    image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     new_h, new_w = T.short_side_shape(*image.shape[:2], int(rng.integers(256, 481)))
     shrinking = new_h < image.shape[0]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR

@@ -31,6 +31,7 @@ cls="--iters 20 --batch-size 16 --device cuda --set model.name=cifar_resnet20 --
 for amp in bf16 fp16; do
   resdet train-cls folder:bd --out "cls-$amp" $cls --set train.amp=$amp --set train.channels_last=true
 done
+resdet train-cls folder:bd --out cls-nvjpeg $cls --set data.decode=gpu --set data.workers=2
 det="--backbone resnet18 --device cuda --batch-size 4 --set model.backbone_weights=null
      --set data.sizes.min_size=[120] --set data.sizes.max_size=160 --set train.eval_period=0"
 resdet train-det coco --data-dir coco --head fpn --task segm --iters 10 --out det-fpn $det
