@@ -193,7 +193,8 @@ def build_eval_loader(
     No index is padded or repeated, so each sample is evaluated exactly once over all ranks and
     evaluators can gather without removing duplicates; ranks may get one batch-item fewer than
     others, which is harmless because inference runs no collective operations. Keys are plain
-    ints, so datasets apply no random augmentation. The last batch may be smaller.
+    ints, so datasets apply no random augmentation. The last batch may be smaller. Workers
+    persist between passes, so a run's periodic evaluations start them once.
     """
     return DataLoader(
         dataset,
@@ -203,5 +204,5 @@ def build_eval_loader(
         collate_fn=collate_fn,
         pin_memory=pin_memory,
         worker_init_fn=init_worker,
-        persistent_workers=False,
+        persistent_workers=num_workers > 0,
     )
