@@ -30,6 +30,7 @@ from resdet.experiments.common import (
     per_rank_batch,
     resolve_amp,
     seed_everything,
+    set_up_threads,
     write_json,
 )
 from resdet.experiments.configs import ClsDataConfig, ClsExperiment
@@ -121,6 +122,7 @@ def train_classifier(
         )
     device = distributed.init_distributed(cfg.train.device)
     distributed.configure_backends(device, deterministic=cfg.train.deterministic, fixed_shapes=True)
+    workers = set_up_threads(device, cfg.data.workers, cfg.train.threads, resume).workers
     seed_everything(cfg.train.seed)
     prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
     train_set = build_dataset(cfg.data, "train", train=True)
@@ -135,7 +137,7 @@ def train_classifier(
         train_set,
         batch_size=per_rank_batch(cfg.data.batch_size),
         seed=cfg.train.seed,
-        num_workers=cfg.data.workers,
+        num_workers=workers,
         rank=distributed.get_rank(),
         world_size=distributed.get_world_size(),
         pin_memory=pin,
@@ -144,7 +146,7 @@ def train_classifier(
     eval_loader = build_eval_loader(
         test_set,
         batch_size=per_rank_batch(cfg.data.batch_size),
-        num_workers=cfg.data.workers,
+        num_workers=workers,
         collate_fn=collate_cls,
         rank=distributed.get_rank(),
         world_size=distributed.get_world_size(),
@@ -227,6 +229,7 @@ def evaluate_checkpoint(
     cfg, state = config_from_checkpoint(checkpoint, ClsExperiment, "cls")
     data = cfg.data if data_root is None else replace(cfg.data, root=data_root)
     target = distributed.resolve_device(device)
+    workers = set_up_threads(target, data.workers, cfg.train.threads).workers
     split = test_split(data)
     # Every view's data set first: the catalog refuses --ten-crop / --multi-scale for
     # single-view sets (CIFAR-10, digits) before any evaluation has run.
@@ -252,7 +255,7 @@ def evaluate_checkpoint(
     metrics: dict[str, float] = {}
     for suffix, dataset, wrapper, batch_size in views:
         loader = build_eval_loader(
-            dataset, batch_size=batch_size, num_workers=data.workers, collate_fn=collate_cls
+            dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_cls
         )
         viewed = model if wrapper is None else wrapper(model)
         result = inference(viewed, loader, ClassificationEvaluator(), target, amp, channels_last)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ from resdet.engine.schedule import (
     StepSchedule,
     Warmup,
 )
+from resdet.engine.threads import ThreadPlan, apply_thread_plan
 from resdet.engine.trainer import Trainer
 from resdet.experiments.configs import OptimConfig, TrainConfig
 
@@ -165,8 +167,36 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 
 def checkpoint_meta(config: Any, task: str, model_signature: str, dataset: str) -> dict[str, Any]:
-    """What checkpoints record about the run, checked when resuming and read by ``resdet eval``."""
-    return {"config": to_dict(config), "task": task, "model": model_signature, "dataset": dataset}
+    """What checkpoints record about the run, checked when resuming and read by ``resdet eval``;
+    ``torch_threads``, so that a resumed CPU run sums in the same order (bit-exact)."""
+    return {
+        "config": to_dict(config),
+        "task": task,
+        "model": model_signature,
+        "dataset": dataset,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def set_up_threads(
+    device: torch.device, workers: int, threads: int, resume: Path | None = None
+) -> ThreadPlan:
+    """Size and set this process's CPU threads (``engine.threads``) and log the plan (rank 0).
+
+    A CPU run resumed from a checkpoint keeps the checkpoint's torch thread count unless
+    ``threads`` (``train.threads``) or ``OMP_NUM_THREADS`` chooses one: another count sums in
+    another order and the run would no longer continue bit-exactly.
+    """
+    explicit = threads or os.environ.get("OMP_NUM_THREADS")
+    if resume is not None and device.type == "cpu" and not explicit:
+        saved = load_checkpoint(resume, mmap=True)["meta"].get("torch_threads")
+        threads = int(saved) if saved else 0
+    plan = apply_thread_plan(
+        device, workers, threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    )
+    if distributed.is_main():
+        logger.info(plan.describe())
+    return plan
 
 
 def check_same_classes(name: str, train_set: Any, test_set: Any) -> None:

@@ -56,6 +56,8 @@ class TrainConfig:
     deterministic: bool = False
     # torch.compile the model (slow first steps; a model it cannot compile trains uncompiled)
     compile: bool = False
+    # torch's CPU threads; 0: the free cores (engine.threads; OMP_NUM_THREADS is read too)
+    threads: int = 0
 
 
 @dataclass(frozen=True)

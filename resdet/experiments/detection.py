@@ -31,6 +31,7 @@ from resdet.experiments.common import (
     per_rank_batch,
     resolve_amp,
     seed_everything,
+    set_up_threads,
     write_json,
 )
 from resdet.experiments.configs import DetExperiment
@@ -185,6 +186,7 @@ def train_detector(
     distributed.configure_backends(
         device, deterministic=cfg.train.deterministic, fixed_shapes=False
     )
+    workers = set_up_threads(device, cfg.data.workers, cfg.train.threads, resume).workers
     seed_everything(cfg.train.seed)
     # A resumed run or a fine-tuning start loads every parameter: skip the store lookup.
     from_store = resume is None and not cfg.model.init
@@ -208,7 +210,7 @@ def train_detector(
         train_set,
         batch_size=per_rank_batch(cfg.data.batch_size),
         seed=cfg.train.seed,
-        num_workers=cfg.data.workers,
+        num_workers=workers,
         collate_fn=collate,
         group_ids=group_ids,
         rank=distributed.get_rank(),
@@ -218,7 +220,7 @@ def train_detector(
     eval_loader = build_eval_loader(
         test_set,
         batch_size=max(1, per_rank_batch(cfg.data.batch_size)),
-        num_workers=cfg.data.workers,
+        num_workers=workers,
         collate_fn=collate,
         rank=distributed.get_rank(),
         world_size=distributed.get_world_size(),
@@ -267,15 +269,14 @@ def evaluate_detector_checkpoint(
     if voc_metric is not None:
         cfg = replace(cfg, data=replace(cfg.data, voc_metric=voc_metric))
     target = distributed.resolve_device(device)
+    workers = set_up_threads(target, cfg.data.workers, cfg.train.threads).workers
     test_set = build_dataset(cfg, train=False)
     announce_data(cfg.data.dataset, {"eval": test_set})
     model = build_model(cfg, len(test_set.class_names), backbone_weights=None)
     model.load_state_dict(state["model"])
     model.to(target)
     evaluator = build_evaluator(test_set, cfg)
-    loader = build_eval_loader(
-        test_set, batch_size=2, num_workers=cfg.data.workers, collate_fn=collate
-    )
+    loader = build_eval_loader(test_set, batch_size=2, num_workers=workers, collate_fn=collate)
     inference(model, loader, evaluator, target, resolve_amp(cfg.train.amp, target))
     if results_out is not None:
         save_detections(evaluator, test_set, results_out)
@@ -288,7 +289,9 @@ def load_detector(checkpoint: Path, device: str = "auto") -> tuple[nn.Module, li
     class_names = list(state["meta"]["class_names"])
     model = build_model(cfg, len(class_names), backbone_weights=None)
     model.load_state_dict(state["model"])
-    return model.to(distributed.resolve_device(device)).eval(), class_names
+    target = distributed.resolve_device(device)
+    set_up_threads(target, 0, cfg.train.threads)
+    return model.to(target).eval(), class_names
 
 
 def predict_image(
