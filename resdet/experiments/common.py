@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import random
+import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -148,6 +150,30 @@ def build_trainer(
         compile_model=train.compile,
         hooks=hooks,
     )
+
+
+class PhaseTimes:
+    """Wall seconds of a run's phases (data, model, training, evaluation), for eval.json."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the time spent in the ``with`` block to phase ``name``."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def without(self, outer: str, inner: str) -> dict[str, float]:
+        """The phases rounded to 0.1 s, with ``inner``'s time (run inside ``outer``) taken out of
+        ``outer``'s."""
+        seconds = dict(self.seconds)
+        if outer in seconds:
+            seconds[outer] -= seconds.get(inner, 0.0)
+        return {name: round(value, 1) for name, value in seconds.items()}
 
 
 def announce_data(name: str, splits: Mapping[str, Any]) -> dict[str, dict[str, int]]:

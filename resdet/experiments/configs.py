@@ -126,6 +126,7 @@ class DetModelConfig:
     frozen_bn: bool = True  # FrozenBatchNorm2d with ImageNet statistics (paper Appendix A)
     shortcut: Literal["A", "B", "C"] | None = None
     stride_in_1x1: bool | None = None
+    fpn_channels: int = 256  # the pyramid's width (head fpn; the paper and detectron2: 256)
     rpn: RPNSettings = field(default_factory=RPNSettings)  # anchors, proposals
     roi_heads: RoIHeadSettings = field(default_factory=RoIHeadSettings)  # sampling, widths, test
     # Where torchvision and detectron2 differ (resdet.models.conventions); torchvision's

@@ -22,6 +22,7 @@ from resdet.engine.evaluate import inference
 from resdet.evaluation.coco import CocoEvaluator, CocoResult, save_results
 from resdet.evaluation.voc import VocEvaluator, VocResult, write_voc_results
 from resdet.experiments.common import (
+    PhaseTimes,
     announce_data,
     build_trainer,
     check_same_classes,
@@ -76,6 +77,7 @@ def build_model(cfg: DetExperiment, num_classes: int, *, backbone_weights: str |
         roi_heads=m.roi_heads,
         conventions=m.conventions,
         train_resize=False,  # build_dataset resizes, drawing the multi-scale size itself
+        fpn_channels=m.fpn_channels,
     )
 
 
@@ -193,15 +195,18 @@ def train_detector(
     if from_store:
         cfg = pin_backbone_weights(cfg)
     prepare_run_dir(out_dir, cfg, resume=resume is not None, overwrite=overwrite)
-    # One process writes a generated set, the others wait for it.
-    prepare_det_dataset(cfg.data.dataset, cfg.data.root, write=distributed.is_main())
-    distributed.barrier()
-    train_set = build_dataset(cfg, train=True)
-    test_set = build_dataset(cfg, train=False)
+    times = PhaseTimes()
+    with times.phase("data"):
+        # One process writes a generated set, the others wait for it.
+        prepare_det_dataset(cfg.data.dataset, cfg.data.root, write=distributed.is_main())
+        distributed.barrier()
+        train_set = build_dataset(cfg, train=True)
+        test_set = build_dataset(cfg, train=False)
     check_same_classes(cfg.data.dataset, train_set, test_set)
     data_counts = announce_data(cfg.data.dataset, {"train": train_set, "eval": test_set})
     backbone_weights = cfg.model.backbone_weights if from_store else None
-    model = build_model(cfg, len(train_set.class_names), backbone_weights=backbone_weights)
+    with times.phase("model"):
+        model = build_model(cfg, len(train_set.class_names), backbone_weights=backbone_weights)
     if cfg.model.init and resume is None:
         for message in load_detector_state(model, load_checkpoint(cfg.model.init)["model"]):
             warnings.warn(message, stacklevel=2)
@@ -229,7 +234,8 @@ def train_detector(
     amp = resolve_amp(cfg.train.amp, device)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:
-        return inference(trained, eval_loader, evaluator, device, amp)
+        with times.phase("evaluation"):
+            return inference(trained, eval_loader, evaluator, device, amp)
 
     meta = checkpoint_meta(cfg, "det", model_signature(cfg), cfg.data.dataset)
     meta["class_names"] = list(train_set.class_names)
@@ -248,9 +254,13 @@ def train_detector(
         trainer.resume(resume)
     else:
         trainer.metrics_log.write({"type": "data", "iter": 0, "splits": data_counts})
-    trainer.fit()
+    with times.phase("training"):
+        trainer.fit()
     report = report_of(evaluator)
-    write_json(out_dir / "eval.json", {**report.as_json(), "data": data_counts})
+    seconds = times.without("training", "evaluation")
+    if distributed.is_main():
+        logger.info("seconds: " + ", ".join(f"{name} {value}" for name, value in seconds.items()))
+    write_json(out_dir / "eval.json", {**report.as_json(), "data": data_counts, "seconds": seconds})
     return DetRunResult(report, out_dir)
 
 

@@ -29,7 +29,7 @@ from resdet.models.blocks import Shortcut
 from resdet.models.c4 import DetectorParts, c4_parts
 from resdet.models.conventions import TORCHVISION, RCNNConventions, init_heads_as_detectron2
 from resdet.models.factory import get_spec
-from resdet.models.fpn import fpn_parts
+from resdet.models.fpn import FPN_CHANNELS, fpn_parts
 from resdet.models.mask_paste import RCNNTransform
 from resdet.models.rcnn import Detector, DetectorInfo, Head
 from resdet.models.rcnn_heads import RPN, BoxMaskHeads
@@ -74,6 +74,7 @@ def build_detector(
     roi_heads: RoIHeadSettings = DEFAULT_ROI_HEADS,
     conventions: RCNNConventions = TORCHVISION,
     train_resize: bool = True,
+    fpn_channels: int = FPN_CHANNELS,
 ) -> Detector:
     """Faster R-CNN (``masks=False``) or Mask R-CNN on the registry backbone ``backbone``.
 
@@ -99,7 +100,8 @@ def build_detector(
     ``resdet.models.conventions``); the default is torchvision's. RoIAlign is computed as one
     gather on CPU (``resdet.models.roi_align``, 4-7x faster there to train). ``train_resize=False``
     skips the model's resize in training, for data pipelines that resize (and draw the
-    multi-scale size) themselves, as resdet's do.
+    multi-scale size) themselves, as resdet's do. ``fpn_channels`` is the pyramid's width (FPN
+    head only; 256 in the paper, detectron2 and torchvision).
 
     The model's ``info`` (``resdet.models.rcnn.DetectorInfo``) records the backbone, head,
     number of classes, masks and where the backbone weights came from.
@@ -109,6 +111,11 @@ def build_detector(
     if num_classes < 1:
         raise ValueError(
             f"num_classes counts object classes (without background), got {num_classes}"
+        )
+    if fpn_channels != FPN_CHANNELS and head != "fpn" or fpn_channels < 1:
+        raise ValueError(
+            f"fpn_channels={fpn_channels} is the FPN head's width (a positive number): "
+            "drop it for head c4"
         )
     resnet, backbone_init = _registry_backbone(
         backbone, backbone_weights, shortcut, stride_in_1x1, frozen_bn
@@ -127,7 +134,9 @@ def build_detector(
             sampling_ratio=conventions.roi_sampling_ratio,
         )
     else:
-        parts = fpn_parts(resnet, num_classes, masks, rpn, roi_heads, channels_last, conventions)
+        parts = fpn_parts(
+            resnet, num_classes, masks, rpn, roi_heads, channels_last, conventions, fpn_channels
+        )
     info = DetectorInfo(backbone, head, num_classes, masks, backbone_init)
     model = Detector(
         parts.backbone,

@@ -38,12 +38,12 @@ class FPNBackbone(BackboneWithFPN):
     stride 64), each [B, 256, H/s, W/s].
     """
 
-    def __init__(self, resnet: ResNet, channels_last: bool) -> None:
+    def __init__(self, resnet: ResNet, channels_last: bool, channels: int = FPN_CHANNELS) -> None:
         super().__init__(
             resnet,
             return_layers={f"layer{i + 1}": str(i) for i in range(4)},
             in_channels_list=[resnet.feature_info[f"res{i}"][0] for i in range(2, 6)],
-            out_channels=FPN_CHANNELS,
+            out_channels=channels,
             extra_blocks=LastLevelMaxPool(),
         )
         self.channels_last = channels_last
@@ -60,8 +60,10 @@ def fpn_parts(
     roi_heads: RoIHeadSettings,
     channels_last: bool,
     conventions: RCNNConventions,
+    channels: int = FPN_CHANNELS,
 ) -> DetectorParts:
-    """The FPN modules around ``resnet``, which they take over (its ``fc`` is left out)."""
+    """The FPN modules around ``resnet``, which they take over (its ``fc`` is left out), with
+    ``channels`` channels at every pyramid level (the paper, detectron2, torchvision: 256)."""
     if len(rpn.anchor_sizes) != FPN_LEVELS:
         raise ValueError(
             f"the FPN head has {FPN_LEVELS} levels (P2-P6) and takes one anchor size per level, "
@@ -75,7 +77,7 @@ def fpn_parts(
     }
     width = roi_heads.box_head_width
     parts = DetectorParts(
-        backbone=FPNBackbone(resnet, channels_last),
+        backbone=FPNBackbone(resnet, channels_last, channels),
         anchor_generator=anchor_generator(
             tuple((size,) for size in rpn.anchor_sizes),
             (tuple(rpn.aspect_ratios),) * FPN_LEVELS,
@@ -83,7 +85,7 @@ def fpn_parts(
             conventions.anchor_rounding,
         ),
         box_roi_pool=GatherMultiScaleRoIAlign(levels, output_size=7, **pool_options),
-        box_head=TwoMLPHead(FPN_CHANNELS * 7**2, width),
+        box_head=TwoMLPHead(channels * 7**2, width),
         box_predictor=FastRCNNPredictor(width, num_classes + 1),
     )
     if not masks:
@@ -92,6 +94,6 @@ def fpn_parts(
     return replace(
         parts,
         mask_roi_pool=GatherMultiScaleRoIAlign(levels, output_size=14, **pool_options),
-        mask_head=MaskRCNNHeads(FPN_CHANNELS, list(layers), 1),
+        mask_head=MaskRCNNHeads(channels, list(layers), 1),
         mask_predictor=MaskRCNNPredictor(layers[-1], layers[-1], num_classes + 1),
     )

@@ -20,7 +20,8 @@ def test_coco_train_eval_predict_resume(tmp_path, head, task):
     invoke("train-det", "coco", "--out", out, "--iters", 2, *common)
     report = json.loads((out / "eval.json").read_text())
     iou_types = ["bbox", "segm"] if task == "segm" else ["bbox"]
-    assert sorted(report) == sorted([*iou_types, "data"])
+    assert sorted(report) == sorted([*iou_types, "data", "seconds"])
+    assert set(report["seconds"]) == {"data", "model", "training", "evaluation"}
     assert report["data"]["train"]["images"] == 4
     for iou_type in iou_types:
         assert set(report[iou_type]) == {*STAT_NAMES, "per_class"}
@@ -93,7 +94,8 @@ def test_voc_train_and_voc_tables(tmp_path):
         *TINY,
     )
     report = json.loads((out / "eval.json").read_text())
-    assert report["metric"] == "voc07" and set(report) == {"metric", "mAP", "per_class", "data"}
+    assert report["metric"] == "voc07"
+    assert set(report) == {"metric", "mAP", "per_class", "data", "seconds"}
 
     invoke(
         "eval",
