@@ -325,3 +325,18 @@ def test_fpn_needs_one_anchor_size_per_level() -> None:
 def test_cifar_backbones_are_refused() -> None:
     with pytest.raises(ValueError, match="cifar_resnet20 is a CIFAR network"):
         build_detector("cifar_resnet20", head="fpn", num_classes=3, backbone_weights=None)
+
+
+def test_the_pyramid_width_is_a_setting_of_the_fpn_head():
+    model = build_detector(
+        "resnet18", head="fpn", num_classes=3, masks=True, backbone_weights=None, fpn_channels=64
+    )
+    assert model.backbone.out_channels == 64
+    assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    assert model.roi_heads.mask_head[0][0].in_channels == 64
+    model.eval()
+    with torch.no_grad():
+        (detections,) = model([torch.rand(3, 96, 128)])
+    assert detections["boxes"].shape[1] == 4
+    with pytest.raises(ValueError, match="fpn_channels=64 is the FPN head's width"):
+        build_detector("resnet18", head="c4", num_classes=3, backbone_weights=None, fpn_channels=64)
