@@ -14,6 +14,7 @@ caller's hooks update after a step is what the checkpoint keeps and the evaluati
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -161,3 +162,54 @@ class CountedImages(Hook):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.before_resume = self.total = int(state.get("total", 0))
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` is better: error rates (``top1_err``) and losses
+    are, average precision and recall (``bbox/AP``, ``segm/AP50``, ``voc/mAP``, ``bbox/AR100``)
+    are not. ValueError for a name that is neither."""
+    leaf = metric.rsplit("/", 1)[-1]
+    if leaf.endswith("err") or "loss" in leaf:
+        return True
+    if leaf.startswith(("AP", "AR", "mAP")):
+        return False
+    raise ValueError(
+        f"train.save_best={metric!r}: cannot tell whether higher or lower is better; use an "
+        "error (top1_err, top5_err) or an AP/AR metric (bbox/AP, segm/AP50, voc/mAP, ...)"
+    )
+
+
+class BestCheckpoint(Hook):
+    """Writes ``best.pt`` at each evaluation that improves ``metric`` (detectron2's
+    ``BestCheckpointer``, mmdetection's ``save_best``) and records ``{"type": "best", "iter",
+    "metric", "value"}`` in metrics.jsonl. ``best.pt`` is a checkpoint like ``last.pt``: it
+    evaluates, predicts and resumes the same way."""
+
+    def __init__(self, metric: str) -> None:
+        self.metric = metric
+        self.lower = lower_is_better(metric)
+        self.best: float | None = None
+        self.best_at: int | None = None
+
+    def after_eval(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
+        if self.metric not in metrics:
+            raise ValueError(
+                f"train.save_best={self.metric!r} is not a metric of this run's evaluation, "
+                f"which reports {sorted(metrics)}"
+            )
+        value = metrics[self.metric]
+        if math.isnan(value):
+            return
+        if self.best is not None and (value >= self.best if self.lower else value <= self.best):
+            return
+        self.best, self.best_at = value, trainer.iteration
+        trainer.save_checkpoint(trainer.out_dir / "best.pt")
+        trainer.metrics_log.write(
+            {"type": "best", "iter": trainer.iteration, "metric": self.metric, "value": value}
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_at": self.best_at}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best, self.best_at = state.get("best"), state.get("best_at")

@@ -360,12 +360,15 @@ class Trainer:
             "hooks": {hook.name: hook.state_dict() for hook in self.hooks},
         }
 
-    def save_checkpoint(self) -> None:
-        """Write ``last.pt`` (rank 0) with the state after ``iteration`` steps, RNGs included;
-        refuses (``NonFiniteLossError``) a state reached through a non-finite loss. Returns once
-        the state is copied; ``wait_for_checkpoint`` waits for the file."""
+    def save_checkpoint(self, path: str | Path | None = None) -> None:
+        """Write ``last.pt`` (or ``path``; rank 0) with the state after ``iteration`` steps,
+        RNGs included; refuses (``NonFiniteLossError``) a state reached through a non-finite
+        loss. Returns once the state is copied; ``wait_for_checkpoint`` waits for the file."""
         self.check_finite()
-        self._save(capture_rng_state(self.device))
+        if path is None:
+            self._save(capture_rng_state(self.device))
+        elif self.is_main:  # another file (best.pt): last.pt's bookkeeping stays as it is
+            self._writer.save(path, self._state(capture_rng_state(self.device)))
 
     def _save(self, rng: dict[str, Any]) -> None:
         if self.is_main:  # written in the background (CheckpointWriter)

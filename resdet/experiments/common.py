@@ -23,7 +23,7 @@ from resdet.data.summary import data_summary, summary_line
 from resdet.engine import distributed
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import AmpMode
-from resdet.engine.hooks import CountedImages, Hook
+from resdet.engine.hooks import BestCheckpoint, CountedImages, Hook
 from resdet.engine.optim import build_sgd
 from resdet.engine.schedule import (
     CosineSchedule,
@@ -126,6 +126,8 @@ def build_trainer(
         exclude_norm_and_bias_from_decay=optim.no_decay_norm,
     )
     hooks: list[Hook] = list(extra_hooks)
+    if train.save_best:
+        hooks.append(BestCheckpoint(train.save_best))
     if hasattr(loader.dataset, "skipped"):  # image folders and detection sets replace bad images
         hooks.append(CountedImages("skipped_images", lambda: loader.dataset.skipped))
     return Trainer(

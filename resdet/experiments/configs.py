@@ -58,6 +58,8 @@ class TrainConfig:
     compile: bool = False
     # torch's CPU threads; 0: the free cores (engine.threads; OMP_NUM_THREADS is read too)
     threads: int = 0
+    # write best.pt at each evaluation that improves this metric (top1_err, bbox/AP, voc/mAP)
+    save_best: str | None = None
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import checkpoint as checkpoint_module
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.evaluate import inference
-from resdet.engine.hooks import CountedImages, Evaluation, Hook
+from resdet.engine.hooks import BestCheckpoint, CountedImages, Evaluation, Hook, lower_is_better
 from resdet.engine.optim import build_sgd
 from resdet.engine.progress import NonFiniteLossError
 from resdet.engine.schedule import CosineSchedule, Warmup
@@ -376,3 +376,38 @@ def test_a_model_torch_compile_cannot_compile_trains_as_it_is(tmp_path: Path, mo
     )
     build(tmp_path / "eager", max_iters=6).fit()
     assert records(tmp_path / "compiled") == records(tmp_path / "eager")
+
+
+def scripted(trainer: Trainer, values: list[float]) -> None:
+    """Make the trainer's evaluations report ``values`` as top1_err, in turn."""
+    sequence = iter(values)
+    evaluation = next(hook for hook in trainer.hooks if isinstance(hook, Evaluation))
+    evaluation.evaluate = lambda model: {"top1_err": next(sequence)}
+
+
+def test_best_pt_follows_the_best_evaluation(tmp_path: Path) -> None:
+    trainer = build(tmp_path, hooks=[BestCheckpoint("top1_err")])  # evaluations at 6, 12, 18, 24
+    scripted(trainer, [0.5, 0.3, 0.4, 0.35])
+    trainer.fit()
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["iteration"] == 12 and best["trainer"]["last_eval"] == {"top1_err": 0.3}
+    assert load_checkpoint(tmp_path / "last.pt")["iteration"] == 24
+    rows = [r for r in records(tmp_path) if r["type"] == "best"]
+    assert [(r["iter"], r["value"]) for r in rows] == [(6, 0.5), (12, 0.3)]
+
+    # Resumed, the hook remembers 0.3: a worse evaluation leaves best.pt alone, a better one not.
+    again = build(tmp_path, max_iters=36, hooks=[BestCheckpoint("top1_err")])
+    again.resume(tmp_path / "last.pt")
+    scripted(again, [0.32, 0.1])
+    again.fit()
+    assert load_checkpoint(tmp_path / "best.pt")["iteration"] == 36
+
+
+def test_best_metric_directions_and_unknown_names(tmp_path: Path) -> None:
+    assert lower_is_better("top1_err") and lower_is_better("loss_cls")
+    assert not any(map(lower_is_better, ["bbox/AP", "segm/AP50", "voc/mAP", "bbox/AR100"]))
+    with pytest.raises(ValueError, match="cannot tell whether higher or lower is better"):
+        BestCheckpoint("accuracy-ish")
+    trainer = build(tmp_path, max_iters=6, hooks=[BestCheckpoint("bbox/AP")])
+    with pytest.raises(ValueError, match=r"not a metric of this run's evaluation.*top1_err"):
+        trainer.fit()
