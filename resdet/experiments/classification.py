@@ -27,6 +27,7 @@ from resdet.experiments.common import (
     check_same_classes,
     checkpoint_meta,
     config_from_checkpoint,
+    find_ema,
     per_rank_batch,
     resolve_amp,
     seed_everything,
@@ -183,7 +184,12 @@ def train_classifier(
     )
     tag = None
     if (cfg.register or cfg.data.dataset == "imagenet") and distributed.is_main():
-        tag = register_weights(cfg, model, metrics, out_dir)
+        ema = find_ema(trainer)
+        if ema is None:
+            tag = register_weights(cfg, model, metrics, out_dir)
+        else:  # the store takes the averaged weights, with their own numbers
+            averaged = {k[4:]: v for k, v in metrics.items() if k.startswith("ema/")}
+            tag = register_weights(cfg, ema.model, averaged, out_dir)
     return ClsRunResult(metrics, out_dir, tag)
 
 

@@ -22,6 +22,7 @@ from resdet.data.loader import TrainLoader
 from resdet.data.summary import data_summary, summary_line
 from resdet.engine import distributed
 from resdet.engine.checkpoint import load_checkpoint
+from resdet.engine.ema import ModelEMA
 from resdet.engine.evaluate import AmpMode
 from resdet.engine.hooks import BestCheckpoint, CountedImages, Hook
 from resdet.engine.optim import build_sgd
@@ -126,6 +127,11 @@ def build_trainer(
         exclude_norm_and_bias_from_decay=optim.no_decay_norm,
     )
     hooks: list[Hook] = list(extra_hooks)
+    if train.ema:
+        ema = ModelEMA(train.ema)
+        hooks.append(ema)
+        if evaluate is not None:
+            evaluate = with_ema_metrics(evaluate, ema)
     if train.save_best:
         hooks.append(BestCheckpoint(train.save_best))
     if hasattr(loader.dataset, "skipped"):  # image folders and detection sets replace bad images
@@ -176,6 +182,27 @@ class PhaseTimes:
         if outer in seconds:
             seconds[outer] -= seconds.get(inner, 0.0)
         return {name: round(value, 1) for name, value in seconds.items()}
+
+
+def with_ema_metrics(
+    evaluate: Callable[[nn.Module], Mapping[str, float]], ema: ModelEMA
+) -> Callable[[nn.Module], dict[str, float]]:
+    """``evaluate`` that also scores the averaged weights, as ``ema/<metric>``.
+
+    The average is evaluated first, so that an evaluator read after training (the detection
+    tables) holds the trained model's results, as without EMA.
+    """
+
+    def both(model: nn.Module) -> dict[str, float]:
+        averaged = {f"ema/{key}": value for key, value in evaluate(ema.model).items()}
+        return {**evaluate(model), **averaged}
+
+    return both
+
+
+def find_ema(trainer: Trainer) -> ModelEMA | None:
+    """The trainer's weight average, if the run keeps one (``train.ema``)."""
+    return next((hook for hook in trainer.hooks if isinstance(hook, ModelEMA)), None)
 
 
 def announce_data(name: str, splits: Mapping[str, Any]) -> dict[str, dict[str, int]]:

@@ -60,6 +60,8 @@ class TrainConfig:
     threads: int = 0
     # write best.pt at each evaluation that improves this metric (top1_err, bbox/AP, voc/mAP)
     save_best: str | None = None
+    # decay of an average of the weights (e.g. 0.9998), evaluated as ema/<metric>; 0: none
+    ema: float = 0.0
 
 
 @dataclass(frozen=True)

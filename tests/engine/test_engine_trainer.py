@@ -15,6 +15,7 @@ from engine_toys import ToyAccuracy, ToyImages, ToyNet
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import checkpoint as checkpoint_module
 from resdet.engine.checkpoint import load_checkpoint
+from resdet.engine.ema import ModelEMA
 from resdet.engine.evaluate import inference
 from resdet.engine.hooks import BestCheckpoint, CountedImages, Evaluation, Hook, lower_is_better
 from resdet.engine.optim import build_sgd
@@ -411,3 +412,52 @@ def test_best_metric_directions_and_unknown_names(tmp_path: Path) -> None:
     trainer = build(tmp_path, max_iters=6, hooks=[BestCheckpoint("bbox/AP")])
     with pytest.raises(ValueError, match=r"not a metric of this run's evaluation.*top1_err"):
         trainer.fit()
+
+
+class Recorder(Hook):
+    """Keeps a copy of the model's state before training and after every step."""
+
+    def __init__(self) -> None:
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def _keep(self, trainer: Trainer) -> None:
+        self.states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    before_train = after_step = _keep
+
+
+def test_ema_is_the_warmed_up_average_of_the_trained_weights(tmp_path: Path) -> None:
+    recorder, ema = Recorder(), ModelEMA(0.9)
+    build(tmp_path, max_iters=8, hooks=[recorder, ema]).fit()
+    expected = {k: v.clone() for k, v in recorder.states[0].items()}
+    for step, state in enumerate(recorder.states[1:]):
+        d = min(0.9, (1 + step) / (10 + step))
+        for name, value in state.items():
+            if value.dtype.is_floating_point:
+                expected[name] = d * expected[name] + (1 - d) * value
+            else:
+                expected[name] = value
+    averaged = ema.model.state_dict()
+    for name, value in expected.items():
+        torch.testing.assert_close(averaged[name], value, rtol=1e-5, atol=1e-6)
+    assert ema.updates == 8
+
+
+def test_a_resumed_run_continues_the_same_average(tmp_path: Path, monkeypatch) -> None:
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_and_keep_iteration_12(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if state["iteration"] == 12:
+            shutil.copy(path, tmp_path / "mid.pt")
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep_iteration_12)
+    whole = ModelEMA(0.99)
+    build(tmp_path / "whole", hooks=[whole]).fit()
+    resumed = ModelEMA(0.99)
+    trainer = build(tmp_path / "resumed", hooks=[resumed])
+    trainer.resume(tmp_path / "mid.pt")
+    trainer.fit()
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert resumed.updates == whole.updates == 24
+    assert all(torch.equal(a[k], b[k]) for k in a)
