@@ -33,6 +33,7 @@ from resdet.engine.schedule import (
     StepSchedule,
     Warmup,
 )
+from resdet.engine.tensorboard import TensorBoard
 from resdet.engine.threads import ThreadPlan, apply_thread_plan
 from resdet.engine.trainer import Trainer
 from resdet.experiments.configs import OptimConfig, TrainConfig
@@ -134,6 +135,8 @@ def build_trainer(
             evaluate = with_ema_metrics(evaluate, ema)
     if train.save_best:
         hooks.append(BestCheckpoint(train.save_best))
+    if train.tensorboard:
+        hooks.append(TensorBoard(out_dir / "tb"))
     if hasattr(loader.dataset, "skipped"):  # image folders and detection sets replace bad images
         hooks.append(CountedImages("skipped_images", lambda: loader.dataset.skipped))
     return Trainer(

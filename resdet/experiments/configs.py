@@ -62,6 +62,7 @@ class TrainConfig:
     save_best: str | None = None
     # decay of an average of the weights (e.g. 0.9998), evaluated as ema/<metric>; 0: none
     ema: float = 0.0
+    tensorboard: bool = False  # scalar curves in RUN/tb/ (pip install "resdet[tensorboard]")
 
 
 @dataclass(frozen=True)

@@ -229,6 +229,7 @@ def test_folder_run_resumes_exactly_whoever_decodes(tmp_path, decode):
         "--set", "data.views.train_scale=[32,40]", "--set", "data.views.crop=32",
         "--set", "data.views.test_size=32", "--set", "train.log_period=3",
         "--set", "train.eval_period=3", "--set", "train.save_best=top1_err",
+        "--set", "train.tensorboard=true",
     ]  # fmt: skip
     whole, half = tmp_path / "whole", tmp_path / "half"
     invoke("train-cls", f"folder:{data}", "--out", whole, "--iters", 6, "--workers", 2, *small)
@@ -245,3 +246,4 @@ def test_folder_run_resumes_exactly_whoever_decodes(tmp_path, decode):
     best = [r for r in rows if r["type"] == "best"]
     assert best and load_checkpoint(whole / "best.pt")["iteration"] == best[-1]["iter"]
     assert "top-1 err" in invoke("eval", "--checkpoint", whole / "best.pt").stdout
+    assert any((whole / "tb").glob("events.out.tfevents.*"))

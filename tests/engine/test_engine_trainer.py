@@ -461,3 +461,40 @@ def test_a_resumed_run_continues_the_same_average(tmp_path: Path, monkeypatch) -
     a, b = whole.model.state_dict(), resumed.model.state_dict()
     assert resumed.updates == whole.updates == 24
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_tensorboard_curves_continue_across_a_resume(tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("tensorboard", reason='pip install "resdet[tensorboard]"')
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from resdet.engine.tensorboard import TensorBoard
+
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_and_keep_iteration_12(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if state["iteration"] == 12:
+            shutil.copy(path, tmp_path / "mid.pt")
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep_iteration_12)
+
+    def curves() -> dict[str, list[tuple[int, float]]]:
+        events = EventAccumulator(str(tmp_path / "tb")).Reload()
+        return {
+            tag: [(e.step, e.value) for e in events.Scalars(tag)]
+            for tag in events.Tags()["scalars"]
+        }
+
+    build(tmp_path, hooks=[TensorBoard(tmp_path / "tb")]).fit()
+    whole = curves()
+    assert [step for step, _ in whole["train/loss"]] == [5, 10, 15, 20, 24]
+    assert [step for step, _ in whole["eval/top1_err"]] == [6, 12, 18, 24]
+    assert {"train/lr", "train/img_per_s"} <= set(whole)
+
+    # Resuming at 12 drops the events after it, then writes them again.
+    trainer = build(tmp_path, hooks=[TensorBoard(tmp_path / "tb")])
+    trainer.resume(tmp_path / "mid.pt")
+    trainer.fit()
+    again = curves()
+    assert [step for step, _ in again["train/loss"]] == [5, 10, 15, 20, 24]
+    assert again["eval/top1_err"] == whole["eval/top1_err"]
