@@ -139,12 +139,16 @@ class EncodedBatch:
         with torchvision_io():
             try:
                 return decode_jpeg(self.data, mode=ImageReadMode.RGB, device=device)
+            except torch.OutOfMemoryError:
+                raise  # the device's fault, not a file's
             except RuntimeError:
                 return [self._decode_one(i, device) for i in range(len(self))]
 
     def _decode_one(self, i: int, device: torch.device) -> torch.Tensor:
         try:
             return decode_jpeg(self.data[i], mode=ImageReadMode.RGB, device=device)
+        except torch.OutOfMemoryError:
+            raise
         except RuntimeError as refused:
             why = refused
         _CPU_DECODES[0] += 1

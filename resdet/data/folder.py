@@ -168,7 +168,12 @@ class ImageFolderDataset(Dataset):
 
     def read_encoded(self, index: int) -> tuple[np.ndarray, tuple[int, int]] | None:
         """Sample ``index``'s file bytes and ``(H, W)`` from its header, without decoding; None
-        (and a warning) if it is missing, not an image, or a JPEG cut short of its end marker."""
+        (and a warning) if it is missing, not an image, or cut short.
+
+        A JPEG is whole when its end-of-image marker (FF D9) closes it. Files without one in
+        their last bytes (data appended after the image, or cut short), and files in other
+        formats (which the device decoder leaves to the CPU anyway), are decoded here once to
+        tell, so that both decode settings train on the same files."""
         path = self.path(index)
         try:
             data = np.fromfile(path, dtype=np.uint8)
@@ -176,9 +181,8 @@ class ImageFolderDataset(Dataset):
                 (width, height), kind = header.size, header.format
         except (OSError, ValueError, Image.DecompressionBombError):
             data = None
-        # A truncated JPEG lacks the end-of-image marker (FF D9) that closes every whole one.
-        if data is not None and kind == "JPEG" and b"\xff\xd9" not in data[-32:].tobytes():
-            data = None
+        if data is not None and (kind != "JPEG" or b"\xff\xd9" not in data[-32:].tobytes()):
+            data = data if decode_rgb(path) is not None else None
         if data is None:
             if self.strict:
                 raise unreadable_error(path, "data.strict is set")

@@ -82,11 +82,14 @@ class CheckpointWriter:
         except BaseException as error:  # reported by wait(), in the training thread
             self._error = error
 
-    def wait(self) -> None:
-        """Block until the last checkpoint is written; ``OSError`` naming it if that failed."""
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the last checkpoint is written; ``OSError`` naming it if that failed
+        (with ``raise_error``; otherwise the error is dropped)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._error is not None and not raise_error:
+            self._error = None
         if self._error is not None:
             error, self._error = self._error, None
             raise OSError(f"writing checkpoint {self._path} failed: {error}") from error

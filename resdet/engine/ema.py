@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from resdet.engine import distributed
 from resdet.engine.hooks import Hook
 
 if TYPE_CHECKING:
@@ -62,6 +63,22 @@ class ModelEMA(Hook):
             else:
                 averaged[name].copy_(value)
         self.updates += 1
+        if distributed.is_distributed():
+            self._share_buffers()
+
+    def _share_buffers(self) -> None:
+        """Rank 0's averaged buffers on every rank: each rank's BN statistics follow its own
+        batches, so their averages would drift apart (DDP broadcasts rank 0's buffers to the
+        model the same way). Parameters are equal on every rank already."""
+        assert self.model is not None
+        buffers = [b for b in self.model.buffers() if b.dtype.is_floating_point]
+        if buffers:
+            flat = torch.cat([b.flatten() for b in buffers])
+            torch.distributed.broadcast(flat, src=0)
+            for buffer, shared in zip(
+                buffers, flat.split([b.numel() for b in buffers]), strict=True
+            ):
+                buffer.copy_(shared.view_as(buffer))
 
     def state_dict(self) -> dict[str, Any]:
         if self.model is None:  # saved before training started: nothing averaged yet

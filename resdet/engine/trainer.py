@@ -204,7 +204,8 @@ class Trainer:
                 self._call("after_train")
         finally:
             batches.close()  # shuts down the stream's DataLoader workers
-            self._writer.wait()
+            # A failed write is raised, unless another error is already on its way out.
+            self._writer.wait(raise_error=sys.exc_info()[0] is None)
         distributed.barrier()
         return dict(self.last_eval)
 
@@ -244,9 +245,10 @@ class Trainer:
                 next(batches), self.device, channels_last=self.channels_last
             )
             last = micro == self.grad_accum - 1
-            no_sync = isinstance(self.train_model, DistributedDataParallel) and not last
-            # Only the last batch's backward all-reduces the accumulated gradients.
-            with self.train_model.no_sync() if no_sync else contextlib.nullcontext():
+            # Only the last batch's backward all-reduces the accumulated gradients (the DDP
+            # module sits under torch.compile's wrapper when compiled).
+            no_sync = isinstance(self._eager_model, DistributedDataParallel) and not last
+            with self._eager_model.no_sync() if no_sync else contextlib.nullcontext():
                 with autocast(self.device, self.amp):
                     outputs = self._forward(inputs, targets)
                 loss = total_loss(outputs)

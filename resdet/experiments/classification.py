@@ -170,9 +170,7 @@ def train_classifier(
         checkpoint_meta=checkpoint_meta(cfg, "cls", model_signature(cfg), cfg.data.dataset),
         channels_last=cfg.train.channels_last,
         static_graph=True,  # a classifier uses every parameter, in the same order, every step
-        extra_hooks=[CountedImages("cpu_decoded_images", cpu_decodes)]
-        if cfg.data.decode == "gpu"
-        else [],
+        extra_hooks=[cpu_decode_count()] if cfg.data.decode == "gpu" else [],
     )
     if resume is not None:
         trainer.resume(resume)
@@ -191,6 +189,13 @@ def train_classifier(
             averaged = {k[4:]: v for k, v in metrics.items() if k.startswith("ema/")}
             tag = register_weights(cfg, ema.model, averaged, out_dir)
     return ClsRunResult(metrics, out_dir, tag)
+
+
+def cpu_decode_count() -> CountedImages:
+    """The hook logging ``cpu_decoded_images``: this run's images, training and evaluation
+    alike, that the device's JPEG decoder refused (the process's count since now)."""
+    start = cpu_decodes()
+    return CountedImages("cpu_decoded_images", lambda: cpu_decodes() - start)
 
 
 def register_weights(

@@ -34,7 +34,7 @@ from resdet.engine.schedule import (
     Warmup,
 )
 from resdet.engine.tensorboard import TensorBoard
-from resdet.engine.threads import ThreadPlan, apply_thread_plan
+from resdet.engine.threads import ThreadPlan, apply_thread_plan, usable_cores
 from resdet.engine.trainer import Trainer
 from resdet.experiments.configs import OptimConfig, TrainConfig
 
@@ -135,10 +135,10 @@ def build_trainer(
             evaluate = with_ema_metrics(evaluate, ema)
     if train.save_best:
         hooks.append(BestCheckpoint(train.save_best))
-    if train.tensorboard:
-        hooks.append(TensorBoard(out_dir / "tb"))
     if hasattr(loader.dataset, "skipped"):  # image folders and detection sets replace bad images
         hooks.append(CountedImages("skipped_images", lambda: loader.dataset.skipped))
+    if train.tensorboard:  # last: it writes the records the other hooks have completed
+        hooks.append(TensorBoard(out_dir / "tb"))
     return Trainer(
         model,
         optimizer,
@@ -245,10 +245,17 @@ def set_up_threads(
     ``threads`` (``train.threads``) or ``OMP_NUM_THREADS`` chooses one: another count sums in
     another order and the run would no longer continue bit-exactly.
     """
-    explicit = threads or os.environ.get("OMP_NUM_THREADS")
+    explicit = threads or os.environ.get("OMP_NUM_THREADS", "").isdigit()
     if resume is not None and device.type == "cpu" and not explicit:
         saved = load_checkpoint(resume, mmap=True)["meta"].get("torch_threads")
         threads = int(saved) if saved else 0
+        if threads > usable_cores():
+            warnings.warn(
+                f"{resume} was trained with {threads} torch threads, more than the "
+                f"{usable_cores()} cores here; resuming with them keeps the run bit-exact but "
+                "oversubscribes the cores (set train.threads to choose)",
+                stacklevel=2,
+            )
     plan = apply_thread_plan(
         device, workers, threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     )

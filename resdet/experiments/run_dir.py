@@ -12,7 +12,8 @@ from resdet.config import save_config
 from resdet.engine import distributed
 
 # What a run writes into its folder; a folder holding either of the first two holds a run.
-RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml", "eval.json")
+# What a run writes; --overwrite moves all of it aside (tb/, TensorBoard's events, is a folder).
+RUN_FILES = ("last.pt", "metrics.jsonl", "config.yaml", "eval.json", "best.pt", "tb")
 _RUN_MARKERS = RUN_FILES[:2]
 
 

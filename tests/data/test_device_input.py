@@ -138,3 +138,13 @@ def test_truncated_files_are_skipped_in_the_worker_and_corrupt_ones_named(tmp_pa
         pytest.raises(ValueError, match=f"cannot decode image file {broken}.*data.decode=cpu"),
     ):
         batch_input(dataset, [(2, 0)])
+
+
+def test_a_jpeg_with_data_after_its_end_marker_is_kept_on_both_paths(tmp_path):
+    write_jpegs(tmp_path, SHAPES[:2])
+    dataset = ImageFolderDataset(tmp_path, train=False, decode="gpu")
+    trailer = dataset.path(0)  # as phones append motion-photo or metadata blocks
+    trailer.write_bytes(trailer.read_bytes() + bytes(range(256)) * 8)
+    image, _ = dataset[0]
+    assert isinstance(image, EncodedImage) and dataset.skipped == 0
+    assert batch_input(dataset, [0]).shape == (1, 3, 224, 224)
