@@ -41,6 +41,10 @@ class ClassificationEvaluator:
             self._correct[i] += int(hits[:, :k].any(dim=1).sum())
         self._count += len(targets)
 
+    def metric_names(self) -> list[str]:
+        """The keys ``compute`` returns."""
+        return [f"top{k}_err" for k in self.topk]
+
     def compute(self) -> dict[str, float]:
         """``{"top1_err": e1, "top5_err": e5}`` (one key per k, fractions) over all ranks."""
         counts = torch.cat([self._correct, torch.tensor([self._count])])

@@ -161,6 +161,10 @@ class CocoEvaluator:
                 )
             self._per_image[image_id] = self._to_results(image_id, target, output)
 
+    def metric_names(self) -> list[str]:
+        """The keys ``compute`` returns: ``<iou type>/<stat>`` for the twelve COCO stats."""
+        return [f"{iou_type}/{name}" for iou_type in self.iou_types for name in STAT_NAMES]
+
     def compute(self) -> dict[str, float]:
         """Gather to rank 0 and evaluate there; every rank gets ``{"bbox/AP": ...,
         "segm/AP": ...}`` with the twelve :data:`STAT_NAMES` per iou type (fractions) and the

@@ -220,6 +220,10 @@ class VocEvaluator:
                 for box, label, score in zip(boxes, labels, scores, strict=True)
             ]
 
+    def metric_names(self) -> list[str]:
+        """The keys ``compute`` returns."""
+        return ["voc/mAP", "voc/AP50"]
+
     def compute(self) -> dict[str, float]:
         """Gather across ranks and evaluate: ``{"voc/mAP": m, "voc/AP50": m}`` (fractions; the
         same number under both names). Also sets ``last_result``."""

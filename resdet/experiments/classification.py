@@ -25,6 +25,7 @@ from resdet.experiments.common import (
     announce_data,
     build_trainer,
     check_same_classes,
+    check_save_best,
     checkpoint_meta,
     config_from_checkpoint,
     find_ema,
@@ -154,6 +155,7 @@ def train_classifier(
         pin_memory=pin,
     )
     amp = resolve_amp(cfg.train.amp, device)
+    check_save_best(cfg.train, ClassificationEvaluator().metric_names())
 
     def evaluate(trained: nn.Module) -> dict[str, float]:
         evaluator = ClassificationEvaluator()

@@ -187,6 +187,19 @@ class PhaseTimes:
         return {name: round(value, 1) for name, value in seconds.items()}
 
 
+def check_save_best(train: TrainConfig, names: Sequence[str]) -> None:
+    """Refuse, before training, a ``train.save_best`` that the run's evaluation (reporting
+    ``names``, and ``ema/<name>`` with EMA on) will never report."""
+    if train.save_best is None:
+        return
+    available = [*names, *(f"ema/{name}" for name in names)] if train.ema else list(names)
+    if train.save_best not in available:
+        raise ValueError(
+            f"train.save_best={train.save_best!r} is not a metric this run evaluates; choose "
+            f"one of {', '.join(available)}"
+        )
+
+
 def with_ema_metrics(
     evaluate: Callable[[nn.Module], Mapping[str, float]], ema: ModelEMA
 ) -> Callable[[nn.Module], dict[str, float]]:

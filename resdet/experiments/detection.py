@@ -26,6 +26,7 @@ from resdet.experiments.common import (
     announce_data,
     build_trainer,
     check_same_classes,
+    check_save_best,
     checkpoint_meta,
     config_from_checkpoint,
     logger,
@@ -231,6 +232,7 @@ def train_detector(
         world_size=distributed.get_world_size(),
     )
     evaluator = build_evaluator(test_set, cfg)
+    check_save_best(cfg.train, evaluator.metric_names())
     amp = resolve_amp(cfg.train.amp, device)
 
     def evaluate(trained: nn.Module) -> dict[str, float]:

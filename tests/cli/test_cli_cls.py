@@ -247,3 +247,15 @@ def test_folder_run_resumes_exactly_whoever_decodes(tmp_path, decode):
     assert best and load_checkpoint(whole / "best.pt")["iteration"] == best[-1]["iter"]
     assert "top-1 err" in invoke("eval", "--checkpoint", whole / "best.pt").stdout
     assert any((whole / "tb").glob("events.out.tfevents.*"))
+
+
+def test_a_best_metric_the_run_does_not_report_is_refused_before_training(tmp_path):
+    data = write_bright_dark_folder(tmp_path / "bd")
+    run = str(tmp_path / "run")
+    args = ["train-cls", f"folder:{data}", "--out", run, "--iters", "2", "--batch-size", "8", *FAST]
+    result = runner.invoke(app, [*args, "--set", "train.save_best=bbox/AP"])
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert "train.save_best='bbox/AP' is not a metric this run evaluates" in message
+    assert "top1_err, top5_err" in message
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
