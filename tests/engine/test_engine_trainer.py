@@ -68,6 +68,18 @@ def build(
     )
 
 
+def keep_checkpoint_of(monkeypatch: pytest.MonkeyPatch, iteration: int, copy: Path) -> None:
+    """Copy the checkpoint written at ``iteration`` to ``copy`` (last.pt is overwritten later)."""
+    real_save = checkpoint_module.save_checkpoint
+
+    def save_and_keep(path: Path, state: dict[str, Any]) -> None:
+        real_save(path, state)
+        if state["iteration"] == iteration:
+            shutil.copy(path, copy)
+
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep)
+
+
 def records(out_dir: Path) -> list[dict[str, Any]]:
     """metrics.jsonl without the wall-clock entries, which differ between runs."""
     lines = (out_dir / "metrics.jsonl").read_text().splitlines()
@@ -173,14 +185,7 @@ def test_hook_names_must_be_unique(tmp_path: Path) -> None:
 def test_resumed_run_is_bit_identical(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers_first: int, workers_resumed: int
 ) -> None:
-    real_save = checkpoint_module.save_checkpoint
-
-    def save_and_keep_iteration_14(path: Path, state: dict[str, Any]) -> None:
-        real_save(path, state)
-        if state["iteration"] == 14:
-            shutil.copy(path, tmp_path / "mid.pt")
-
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep_iteration_14)
+    keep_checkpoint_of(monkeypatch, 14, tmp_path / "mid.pt")
     # Iteration 14 is mid-epoch (8 batches per epoch) and mid log period (every 5).
     first = build(tmp_path / "first", workers=workers_first, checkpoint_period=7)
     first_metrics = first.fit()
@@ -444,14 +449,7 @@ def test_ema_is_the_warmed_up_average_of_the_trained_weights(tmp_path: Path) -> 
 
 
 def test_a_resumed_run_continues_the_same_average(tmp_path: Path, monkeypatch) -> None:
-    real_save = checkpoint_module.save_checkpoint
-
-    def save_and_keep_iteration_12(path: Path, state: dict[str, Any]) -> None:
-        real_save(path, state)
-        if state["iteration"] == 12:
-            shutil.copy(path, tmp_path / "mid.pt")
-
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep_iteration_12)
+    keep_checkpoint_of(monkeypatch, 12, tmp_path / "mid.pt")
     whole = ModelEMA(0.99)
     build(tmp_path / "whole", hooks=[whole]).fit()
     resumed = ModelEMA(0.99)
@@ -469,14 +467,7 @@ def test_tensorboard_curves_continue_across_a_resume(tmp_path: Path, monkeypatch
 
     from resdet.engine.tensorboard import TensorBoard
 
-    real_save = checkpoint_module.save_checkpoint
-
-    def save_and_keep_iteration_12(path: Path, state: dict[str, Any]) -> None:
-        real_save(path, state)
-        if state["iteration"] == 12:
-            shutil.copy(path, tmp_path / "mid.pt")
-
-    monkeypatch.setattr(checkpoint_module, "save_checkpoint", save_and_keep_iteration_12)
+    keep_checkpoint_of(monkeypatch, 12, tmp_path / "mid.pt")
 
     def curves() -> dict[str, list[tuple[int, float]]]:
         events = EventAccumulator(str(tmp_path / "tb")).Reload()
