@@ -161,7 +161,9 @@ def former_resdet_sample(path: Path, rng: np.random.Generator) -> torch.Tensor:
     top, left = int(rng.integers(0, h - 223)), int(rng.integers(0, w - 223))
     view = image[top : top + 224, left : left + 224]
     view = view[:, ::-1] if rng.random() < 0.5 else view
-    return T.to_chw_tensor(T.normalize(T.to_unit_float(view) + T.lighting_shift(rng)))
+    unit = view.astype(np.float32) * np.float32(1 / 255) + T.lighting_shift(rng)
+    mean, std = np.float32(T.IMAGENET_MEAN), np.float32(T.IMAGENET_STD)
+    return T.to_chw_tensor((unit - mean) / std)
 
 
 def training_pipelines(folder: Path) -> dict[str, Callable[[], object]]:

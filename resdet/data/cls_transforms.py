@@ -164,30 +164,6 @@ def resized_window(image: np.ndarray, window: Window, crop: int) -> np.ndarray:
     return view[:, ::-1] if window.flip else view
 
 
-def scale_crop_flip(
-    image: np.ndarray, rng: np.random.Generator, scale: tuple[int, int], crop: int
-) -> np.ndarray:
-    """The paper's training view (``draw_train_window``) of ``image``, ``[crop, crop, C]``."""
-    window = draw_train_window(*image.shape[:2], rng, scale, crop)
-    return resized_window(image, window, crop)
-
-
-def center_view(image: np.ndarray, size: int, crop: int) -> np.ndarray:
-    """``center_crop(resize_short_side(image, size), crop)``, resizing only the crop's region."""
-    return resized_window(image, center_window(*image.shape[:2], size, crop), crop)
-
-
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """The central ``size x size`` crop of ``[H, W, C]``.
-
-    The offset is ``round((H - size) / 2)`` as in torchvision's ``center_crop``.
-    """
-    h, w = image.shape[:2]
-    top = int(round((h - size) / 2.0))
-    left = int(round((w - size) / 2.0))
-    return image[top : top + size, left : left + size]
-
-
 def ten_crop(image: np.ndarray, size: int) -> np.ndarray:
     """The 10-crop test views (paper section 3.4) of ``[H, W, C]`` as one ``[10, C, size, size]``.
 
@@ -226,9 +202,8 @@ def lighting_shift(rng: np.random.Generator, alphastd: float = 0.1) -> np.ndarra
 def normalized_chw(image: np.ndarray, shift: np.ndarray | None = None) -> torch.Tensor:
     """uint8 RGB ``[H, W, 3]`` -> normalised float32 ``[3, H, W]``, plus an RGB ``shift``.
 
-    The same numbers as ``to_chw_tensor(normalize(to_unit_float(image) + shift))`` up to float
-    rounding, in two passes over the pixels instead of five: ``x * 1 / (255 std) + (shift -
-    mean) / std``, on the channels-first uint8 copy.
+    ``(x / 255 + shift - mean) / std`` with ImageNet's per-channel mean and std, in two passes
+    over the pixels: ``x * 1 / (255 std) + (shift - mean) / std``, on the channels-first copy.
     """
     std = np.asarray(IMAGENET_STD, dtype=np.float32)
     offset = -np.asarray(IMAGENET_MEAN, dtype=np.float32)
@@ -238,20 +213,6 @@ def normalized_chw(image: np.ndarray, shift: np.ndarray | None = None) -> torch.
     out *= (1.0 / (255.0 * std))[:, None, None]
     out += (offset / std)[:, None, None]
     return torch.from_numpy(out)
-
-
-def to_unit_float(image: np.ndarray) -> np.ndarray:
-    """uint8 ``[H, W, C]`` -> float32 in [0, 1]."""
-    return image.astype(np.float32) * np.float32(1.0 / 255.0)
-
-
-def normalize(
-    image: np.ndarray,
-    mean: tuple[float, float, float] = IMAGENET_MEAN,
-    std: tuple[float, float, float] = IMAGENET_STD,
-) -> np.ndarray:
-    """Per-channel ``(x - mean) / std`` of a float32 RGB ``[H, W, 3]`` image in [0, 1] units."""
-    return (image - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
 
 
 def subtract_mean_image(image: np.ndarray, mean_image: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ on the whole batch at once (on a GPU it costs microseconds).
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any, NamedTuple
@@ -44,16 +45,22 @@ class RawImages(NamedTuple):
         pixels, shift = self.pixels, self.shift
         if channels_last and pixels.dim() == 4:
             pixels = pixels.contiguous(memory_format=torch.channels_last)
-        device = pixels.device
-        std = torch.tensor(IMAGENET_STD, device=device)
+        mean, std = _imagenet_statistics(pixels.device)
         scale = (1.0 / (255.0 * std)).view(3, 1, 1)
-        offset = (
-            shift.to(device, torch.float32) - torch.tensor(IMAGENET_MEAN, device=device)
-        ) / std
+        offset = (shift.to(pixels.device, torch.float32) - mean) / std
         # [B, 3] -> [B, 1, ..., 3, 1, 1], so that it broadcasts over any views between.
         offset = offset.view(shift.shape[0], *([1] * (pixels.dim() - 4)), 3, 1, 1)
         out = pixels.to(torch.float32)  # keeps the memory layout
         return out.mul_(scale).add_(offset)
+
+
+@functools.cache
+def _imagenet_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet's RGB mean and std on ``device``, copied there once rather than every batch."""
+    return (
+        torch.tensor(IMAGENET_MEAN, device=device),
+        torch.tensor(IMAGENET_STD, device=device),
+    )
 
 
 def to_model_input(images: object, device: torch.device, channels_last: bool = False) -> object:

@@ -13,14 +13,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from resdet.data.cls_transforms import (
-    center_view,
+    Window,
     center_window,
     draw_train_window,
     lighting_shift,
     normalized_chw,
     parse_key,
     resize_short_side,
-    scale_crop_flip,
+    resized_window,
     source_region,
     ten_crop,
     to_chw_tensor,
@@ -148,11 +148,13 @@ class ImageFolderDataset(Dataset):
         """Sample ``index`` decoded to uint8 RGB ``[H, W, 3]``; None (and a warning) if it fails."""
         path = self.path(index)
         image = decode_rgb(path)
-        if image is None:
-            if self.strict:
-                raise unreadable_error(path, "data.strict is set")
-            self._skips.skip(path, "using the next image instead")
-        return image
+        return image if image is not None else self._unreadable(path)
+
+    def _unreadable(self, path: Path) -> None:
+        """Count and report a file that cannot be used (an error with ``strict``)."""
+        if self.strict:
+            raise unreadable_error(path, "data.strict is set")
+        self._skips.skip(path, "using the next image instead")
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``key`` is an index or ``(index, seed)``.
@@ -183,33 +185,35 @@ class ImageFolderDataset(Dataset):
             data = None
         if data is not None and (kind != "JPEG" or b"\xff\xd9" not in data[-32:].tobytes()):
             data = data if decode_rgb(path) is not None else None
-        if data is None:
-            if self.strict:
-                raise unreadable_error(path, "data.strict is set")
-            self._skips.skip(path, "using the next image instead")
-            return None
-        return data, (height, width)
+        return (data, (height, width)) if data is not None else self._unreadable(path)
+
+    def _window(self, h: int, w: int, rng: np.random.Generator) -> Window:
+        """The training view's draws, or the centre view, of an ``h x w`` image."""
+        views = self.views
+        if self.train:
+            return draw_train_window(h, w, rng, views.train_scale, views.crop)
+        return center_window(h, w, views.test_size, views.crop)
+
+    def _lighting(self, rng: np.random.Generator) -> torch.Tensor:
+        """The view's PCA lighting offset, drawn after its window (zeros at test time)."""
+        if self.train and self.views.lighting_std > 0:
+            return torch.from_numpy(lighting_shift(rng, self.views.lighting_std))
+        return torch.zeros(3)
 
     def encoded_view(
         self, index: int, data: np.ndarray, shape: tuple[int, int], rng: np.random.Generator
     ) -> EncodedImage:
         """The training or centre view of file bytes ``data`` (an ``shape`` image) as an
         ``EncodedImage``, with the random draws of ``transform``, in the same order."""
-        views, (h, w) = self.views, shape
-        if self.train:
-            window = draw_train_window(h, w, rng, views.train_scale, views.crop)
-        else:
-            window = center_window(h, w, views.test_size, views.crop)
-        lighting = self.train and views.lighting_std > 0
+        (h, w), crop = shape, self.views.crop
+        window = self._window(h, w, rng)
         return EncodedImage(
             data=torch.from_numpy(data),
-            region=torch.tensor(source_region(h, w, window, views.crop)),
-            crop=views.crop,
+            region=torch.tensor(source_region(h, w, window, crop)),
+            crop=crop,
             antialias=window.size < min(h, w),
             flip=window.flip,
-            shift=torch.from_numpy(lighting_shift(rng, views.lighting_std))
-            if lighting
-            else torch.zeros(3),
+            shift=self._lighting(rng),
             path=str(self.path(index)),
         )
 
@@ -221,20 +225,14 @@ class ImageFolderDataset(Dataset):
         or with test_scales a list of normalised float32 whole images ``[3, H_s, W_s]``, one per
         shorter side s."""
         views = self.views
-        if self.train:
-            view = scale_crop_flip(image, rng, views.train_scale, views.crop)
-            if views.lighting_std > 0:
-                return RawImages(
-                    to_chw_tensor(view), torch.from_numpy(lighting_shift(rng, views.lighting_std))
-                )
-            return RawImages(to_chw_tensor(view), torch.zeros(3))
         if views.test_scales:
             return [normalized_chw(resize_short_side(image, size)) for size in views.test_scales]
         if views.ten_crop:
             crops = ten_crop(resize_short_side(image, views.test_size), views.crop)
             return RawImages(torch.from_numpy(crops), torch.zeros(3))
-        view = center_view(image, views.test_size, views.crop)
-        return RawImages(to_chw_tensor(view), torch.zeros(3))
+        window = self._window(*image.shape[:2], rng)
+        view = resized_window(image, window, views.crop)
+        return RawImages(to_chw_tensor(view), self._lighting(rng))
 
 
 def _split_folder(root: Path, split: str, layout: str) -> Path:

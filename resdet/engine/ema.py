@@ -51,17 +51,19 @@ class ModelEMA(Hook):
             self.model.load_state_dict(self._pending["weights"])
             self.updates = int(self._pending["updates"])
             self._pending = None
+        # The optimizer and BN update these tensors in place, so the pairs are found once.
+        averaged, trained = self.model.state_dict(), trainer.model.state_dict()
+        floating = [name for name, value in trained.items() if value.dtype.is_floating_point]
+        integer = [name for name in trained if name not in floating]
+        self._floating = ([averaged[n] for n in floating], [trained[n] for n in floating])
+        self._integer = [(averaged[n], trained[n]) for n in integer]
 
     @torch.no_grad()
     def after_step(self, trainer: Trainer) -> None:
-        assert self.model is not None, "before_train creates the average"
         d = ema_decay(self.decay, self.updates)
-        averaged = self.model.state_dict()
-        for name, value in trainer.model.state_dict().items():
-            if value.dtype.is_floating_point:
-                averaged[name].lerp_(value, 1 - d)  # d * ema + (1 - d) * value
-            else:
-                averaged[name].copy_(value)
+        torch._foreach_lerp_(*self._floating, 1 - d)  # d * ema + (1 - d) * weights, one launch
+        for average, value in self._integer:
+            average.copy_(value)
         self.updates += 1
         if distributed.is_distributed():
             self._share_buffers()

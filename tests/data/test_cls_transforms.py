@@ -13,6 +13,22 @@ def hwc_to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
 
 
+def unit_normalised(image: np.ndarray, shift: np.ndarray | float = 0.0) -> torch.Tensor:
+    """The reference normalisation: ``(x / 255 + shift - mean) / std`` in float64, CHW."""
+    unit = image.astype(np.float64) / 255 + shift
+    out = (unit - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD)
+    return torch.from_numpy(out.transpose(2, 0, 1).astype(np.float32))
+
+
+def scale_crop_flip(image, rng, scale, crop):
+    """The paper's training view as the image folders compute it."""
+    return T.resized_window(image, T.draw_train_window(*image.shape[:2], rng, scale, crop), crop)
+
+
+def center_view(image, size, crop):
+    return T.resized_window(image, T.center_window(*image.shape[:2], size, crop), crop)
+
+
 def test_parse_key_index_seed_and_range():
     index, rng = T.parse_key((3, 7), 10)
     assert index == 3
@@ -70,9 +86,9 @@ def test_ten_crop_matches_hand_slices_and_torchvision():
 
 
 @pytest.mark.parametrize("shape", [(37, 50), (50, 37), (64, 64)])
-def test_center_crop_matches_torchvision(shape):
+def test_center_window_matches_torchvision_center_crop(shape):
     image = np.random.default_rng(2).integers(0, 256, size=(*shape, 3)).astype(np.uint8)
-    ours = T.center_crop(image, 21)
+    ours = center_view(image, min(shape), 21)  # at the image's own size: a plain crop
     theirs = TF.center_crop(hwc_to_tensor(image), [21, 21]).numpy().transpose(1, 2, 0)
     np.testing.assert_array_equal(ours, theirs)
 
@@ -99,7 +115,7 @@ def test_training_scale_is_drawn_from_the_whole_inclusive_range():
         any(
             np.array_equal(view, same)
             for same in (ramp, ramp[:, ::-1])
-            for view in [T.scale_crop_flip(ramp, np.random.default_rng(s), (32, 33), 32)]
+            for view in [scale_crop_flip(ramp, np.random.default_rng(s), (32, 33), 32)]
         )
         for s in range(40)
     ]
@@ -117,13 +133,11 @@ def test_lighting_shift_is_the_pca_offset_of_fb_resnet_torch():
     np.testing.assert_allclose(shift, rgb, atol=1e-6)
 
 
-def test_normalize_and_mean_image_units():
+def test_normalisation_and_mean_image_units():
     image = np.full((2, 2, 3), 255, dtype=np.uint8)
-    unit = T.to_unit_float(image)
-    assert unit.dtype == np.float32 and np.all(unit == 1.0)
-    out = T.normalize(unit)
+    out = T.normalized_chw(image)
     np.testing.assert_allclose(
-        out[0, 0], (1 - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD), rtol=1e-6
+        out[:, 0, 0], (1 - np.array(T.IMAGENET_MEAN)) / np.array(T.IMAGENET_STD), rtol=1e-6
     )
     mean = np.full((2, 2, 3), 100.0, dtype=np.float32)
     np.testing.assert_allclose(T.subtract_mean_image(image, mean), 155.0 / 255.0, rtol=1e-6)
@@ -148,7 +162,7 @@ def _resized_crop_flip(
 
 @pytest.mark.parametrize("shape", [(375, 500), (500, 375), (150, 120)])
 def test_crop_first_training_view_is_the_crop_of_the_resized_image(shape):
-    """scale_crop_flip resizes only the crop's region, with the same random draws as resizing
+    """The training view resizes only the crop's region, with the same random draws as resizing
     the whole image, cropping and flipping, within half a source pixel (on these smooth noise
     images: under 3 grey levels on average)."""
     noise = np.random.default_rng(0).integers(0, 256, size=(*shape, 3)).astype(np.uint8)
@@ -156,7 +170,7 @@ def test_crop_first_training_view_is_the_crop_of_the_resized_image(shape):
     for seed in range(12):
         old_rng, new_rng = np.random.default_rng(seed), np.random.default_rng(seed)
         resized, old = _resized_crop_flip(image, old_rng, (256, 480), 224)
-        new = T.scale_crop_flip(image, new_rng, (256, 480), 224)
+        new = scale_crop_flip(image, new_rng, (256, 480), 224)
         assert new.shape == old.shape == (224, 224, 3) and new.dtype == np.uint8
         assert old_rng.random() == new_rng.random()  # the same draws, in the same order
         difference = np.abs(old.astype(int) - new.astype(int)).mean()
@@ -166,9 +180,9 @@ def test_crop_first_training_view_is_the_crop_of_the_resized_image(shape):
 def test_normalized_chw_is_unit_float_plus_shift_normalised():
     image = np.random.default_rng(3).integers(0, 256, size=(5, 7, 3)).astype(np.uint8)
     shift = np.array([0.01, -0.02, 0.03], dtype=np.float32)
-    expected = T.to_chw_tensor(T.normalize(T.to_unit_float(image) + shift))
+    expected = unit_normalised(image, shift)
     torch.testing.assert_close(T.normalized_chw(image, shift), expected, rtol=1e-5, atol=1e-5)
-    plain = T.to_chw_tensor(T.normalize(T.to_unit_float(image)))
+    plain = unit_normalised(image)
     torch.testing.assert_close(T.normalized_chw(image), plain, rtol=1e-5, atol=1e-5)
     assert T.normalized_chw(image).is_contiguous()
 
@@ -177,8 +191,10 @@ def test_normalized_chw_is_unit_float_plus_shift_normalised():
 def test_crop_first_centre_view_is_the_centre_crop_of_the_resized_image(shape):
     noise = np.random.default_rng(1).integers(0, 256, size=(*shape, 3)).astype(np.uint8)
     image = cv2.blur(noise, (9, 9))
-    old = T.center_crop(T.resize_short_side(image, 256), 224)
-    new = T.center_view(image, 256, 224)
+    resized = T.resize_short_side(image, 256)
+    top, left = round((resized.shape[0] - 224) / 2), round((resized.shape[1] - 224) / 2)
+    old = resized[top : top + 224, left : left + 224]
+    new = center_view(image, 256, 224)
     assert new.shape == old.shape == (224, 224, 3)
     limit = 0.0 if min(shape) == 256 else 3.0  # within half a source pixel
     assert np.abs(old.astype(int) - new.astype(int)).mean() <= limit
@@ -209,7 +225,7 @@ def test_a_folder_training_sample_is_the_old_float_pipeline_within_interpolation
         new = batch.to_model_input()[0]
         rng = np.random.default_rng(seed)
         _, view = _resized_crop_flip(rgb, rng, (256, 480), 224)
-        old = T.to_chw_tensor(T.normalize(T.to_unit_float(view) + T.lighting_shift(rng)))
+        old = unit_normalised(view, T.lighting_shift(rng))
         assert new.shape == old.shape == (3, 224, 224)
         # 3 grey levels of mean difference, in normalised units.
         assert (new - old).abs().mean() < 3 / 255 / min(T.IMAGENET_STD), seed
