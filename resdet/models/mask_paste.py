@@ -29,6 +29,8 @@ def paste_masks_detectron2(masks: Tensor, boxes: Tensor, image_size: tuple[int, 
     A pixel (x, y) takes the mask's bilinear value at its centre ``(x + 0.5, y + 0.5)``, mapped
     into the box's [-1, 1] square (``grid_sample``, ``align_corners=False``, zeros outside).
     """
+    if torch.jit.is_tracing():
+        return _paste_separably(masks, boxes, image_size)
     height, width = image_size
     pasted = masks.new_zeros((len(masks), 1, height, width))
     for k, (mask, box) in enumerate(zip(masks, boxes.tolist(), strict=True)):
@@ -43,6 +45,36 @@ def paste_masks_detectron2(masks: Tensor, boxes: Tensor, image_size: tuple[int, 
         sampled = F.grid_sample(mask[None].float(), grid.to(mask.device), align_corners=False)
         pasted[k, 0, top:bottom, left:right] = sampled[0, 0].to(pasted.dtype)
     return pasted
+
+
+def _paste_separably(masks: Tensor, boxes: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """`paste_masks_detectron2` without Python loops or ``.tolist()``, for traced exports.
+
+    The sampling grid is separable (a column's x depends only on the column, a row's y only on
+    the row), so bilinear sampling with zero padding is ``rows @ mask @ columns^T``, where each
+    row of ``rows`` [N, H, M] holds the weights ``max(0, 1 - |v - i|)`` of mask rows i at the
+    pixel's mask coordinate v (likewise ``columns`` [N, W, M]). Equal to the loop to float
+    rounding; it computes every pixel of the image for every mask, which the loop avoids.
+    """
+    height, width = image_size
+    size = masks.shape[-1]
+    x0, y0, x1, y1 = boxes.float().unbind(dim=1)
+    cells = torch.arange(size, dtype=torch.float32, device=masks.device)
+
+    def weights(start: Tensor, end: Tensor, length: int) -> tuple[Tensor, Tensor]:
+        pixels = torch.arange(length, dtype=torch.float32, device=masks.device)
+        # grid_sample's unnormalised coordinate (align_corners=False) of each pixel centre
+        at = (pixels[None] + 0.5 - start[:, None]) / (end - start)[:, None] * size - 0.5
+        near = (1 - (at[:, :, None] - cells).abs()).clamp(min=0)
+        # the loop's window: one pixel beyond the box, within the image
+        inside = (pixels >= start.floor()[:, None] - 1) & (pixels < end.ceil()[:, None] + 1)
+        return near, inside
+
+    rows, row_inside = weights(y0, y1, height)
+    columns, column_inside = weights(x0, x1, width)
+    pasted = rows @ masks[:, 0].float() @ columns.transpose(1, 2)
+    window = row_inside[:, :, None] & column_inside[:, None, :]
+    return (pasted * window)[:, None].to(masks.dtype)
 
 
 class RCNNTransform(GeneralizedRCNNTransform):

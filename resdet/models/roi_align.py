@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import roi_align as tv_roi_align
-from torchvision.ops.poolers import _convert_to_roi_format
+from torchvision.ops.poolers import _convert_to_roi_format, _onnx_merge_levels
 
 __all__ = ["GatherMultiScaleRoIAlign", "roi_align"]
 
@@ -85,15 +85,17 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
         image_shapes: list[tuple[int, int]],
     ) -> Tensor:
         features = [x[name] for name in self.featmap_names]
-        on_cpu = features[0].device.type == "cpu"
+        # Traced for export, torchvision's kernel: it has ONNX and TorchScript forms.
+        on_cpu = features[0].device.type == "cpu" and not torch.jit.is_tracing()
         if not on_cpu and not self.aligned:
             return super().forward(x, boxes, image_shapes)
         if self.scales is None or self.map_levels is None:
             # Let torchvision infer the level scales and its level mapper from the shapes.
             super().forward(x, [box[:0] for box in boxes], image_shapes)
         rois = _convert_to_roi_format(boxes)
+        # rois.shape[0], not len(rois), below: a traced export keeps the number of RoIs variable
         if len(features) == 1:
-            levels = torch.zeros(len(rois), dtype=torch.long, device=rois.device)
+            levels = torch.zeros(rois.shape[0], dtype=torch.long, device=rois.device)
         else:
             levels = self.map_levels(boxes)
         if on_cpu:
@@ -107,12 +109,19 @@ class GatherMultiScaleRoIAlign(MultiScaleRoIAlign):
                 self.aligned,
             )
         # torchvision's kernel level by level, as its MultiScaleRoIAlign does, but aligned.
-        pooled = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        pooled = features[0].new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
+        per_level = []
         for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
             index = torch.where(levels == level)[0]
-            pooled[index] = tv_roi_align(
+            level_pooled = tv_roi_align(
                 feature, rois[index], self.output_size, scale, self.sampling_ratio, True
             ).to(pooled.dtype)
+            per_level.append(level_pooled)
+            if not torch.jit.is_tracing():
+                pooled[index] = level_pooled
+        if torch.jit.is_tracing():
+            # An index_put of no RoIs does not run in onnxruntime; torchvision merges so.
+            return _onnx_merge_levels(levels, per_level)
         return pooled
 
 
