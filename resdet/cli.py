@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 import resdet
-from resdet import cli_eval, cli_train
+from resdet import cli_eval, cli_export, cli_train
 from resdet.cli_common import console, fail, show_library_messages
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.command("train-det")(cli_train.train_det)
 app.command("predict")(cli_eval.predict)
 app.command("eval")(cli_eval.evaluate)
 app.command("plot")(cli_eval.plot)
+app.command("export")(cli_export.export)
 
 
 def version_callback(value: bool) -> None:
@@ -253,6 +254,32 @@ def weights_import(
             f"imported {path} as a {layout.arch}-{layout.head} {kind} ({layout.num_classes} "
             f"classes, detectron2's conventions) -> {done.checkpoint}"
         )
+
+
+@weights_app.command("add")
+def weights_add(
+    checkpoint: Annotated[Path, typer.Argument(help="A classification run's last.pt or best.pt.")],
+    tag: Annotated[
+        str | None, typer.Option(help="Name of the entry; default the run folder's name.")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="auto (EMA if the run kept it, else trained), ema or raw.")
+    ] = "auto",
+    force: Annotated[bool, typer.Option(help="Overwrite an existing entry.")] = False,
+) -> None:
+    """Add a classification checkpoint's network to the weight store."""
+    from resdet.experiments.classification import register_checkpoint
+
+    try:
+        added, used = register_checkpoint(
+            checkpoint,
+            tag=tag,
+            weights=weights,  # type: ignore[arg-type]
+            force=force,
+        )
+    except (ValueError, KeyError, FileNotFoundError, FileExistsError) as error:
+        raise fail(str(error)) from None
+    console.print(f"added the {used} weights of {checkpoint} as {added}")
 
 
 @weights_app.command("remove")

@@ -19,7 +19,7 @@ LAYERS = [
 ]
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
 # The modules of the command line, one part.
-CLI_MODULES = {"cli", "cli_common", "cli_train", "cli_eval", "viz", "__main__"}
+CLI_MODULES = {"cli", "cli_common", "cli_train", "cli_eval", "cli_export", "viz", "__main__"}
 
 
 def part_of(module: str) -> str:

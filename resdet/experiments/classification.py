@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -14,7 +16,7 @@ from resdet.data.device_input import collate_cls, cpu_decodes
 from resdet.data.loader import TrainLoader, build_eval_loader
 from resdet.engine import distributed
 from resdet.engine.evaluate import inference
-from resdet.engine.hooks import CountedImages
+from resdet.engine.hooks import BestCheckpoint, CountedImages
 from resdet.evaluation.classification import (
     PAPER_TEST_SCALES,
     ClassificationEvaluator,
@@ -22,11 +24,13 @@ from resdet.evaluation.classification import (
     TenCrop,
 )
 from resdet.experiments.common import (
+    WeightChoice,
     announce_data,
     build_trainer,
     check_same_classes,
     check_save_best,
     checkpoint_meta,
+    checkpoint_weights,
     config_from_checkpoint,
     find_ema,
     per_rank_batch,
@@ -89,6 +93,17 @@ def build_classifier(cfg: ClsExperiment, num_classes: int) -> Classifier:
         zero_init_residual=model.zero_init_residual,
     )
     return Classifier(net)
+
+
+def input_meta(dataset: Dataset) -> dict[str, Any]:
+    """What checkpoints keep of the training set for export: ``class_names`` and, for sets
+    normalised by their per-pixel mean (CIFAR-10, digits), ``mean_image``: [H, W, 3] nested
+    lists of floats in 0..255 (checkpoint metadata holds plain values only)."""
+    meta: dict[str, Any] = {"class_names": list(dataset.class_names)}
+    mean_image = getattr(dataset, "mean_image", None)
+    if mean_image is not None:
+        meta["mean_image"] = np.asarray(mean_image, dtype=np.float32).tolist()  # exact floats
+    return meta
 
 
 def model_signature(cfg: ClsExperiment) -> str:
@@ -169,7 +184,10 @@ def train_classifier(
         out_dir=out_dir,
         device=device,
         evaluate=evaluate,
-        checkpoint_meta=checkpoint_meta(cfg, "cls", model_signature(cfg), cfg.data.dataset),
+        checkpoint_meta={
+            **checkpoint_meta(cfg, "cls", model_signature(cfg), cfg.data.dataset),
+            **input_meta(train_set),
+        },
         channels_last=cfg.train.channels_last,
         static_graph=True,  # a classifier uses every parameter, in the same order, every step
         extra_hooks=[cpu_decode_count()] if cfg.data.decode == "gpu" else [],
@@ -200,14 +218,44 @@ def cpu_decode_count() -> CountedImages:
     return CountedImages("cpu_decoded_images", lambda: cpu_decodes() - start)
 
 
+def register_checkpoint(
+    checkpoint: Path, *, tag: str | None = None, weights: WeightChoice = "auto", force: bool = False
+) -> tuple[str, str]:
+    """Add a classification checkpoint's network (``last.pt``, ``best.pt``) to the weight store.
+
+    ``weights`` as `checkpoint_weights` (the EMA weights when kept, by default); ``tag``
+    defaults to the run folder's name. A ``best.pt`` records its best metric (``train.save_best``)
+    when it describes the weights taken. Returns the tag and which weights (``ema``/``raw``).
+    """
+    cfg, state = config_from_checkpoint(checkpoint, ClsExperiment, "cls")
+    model_state, used = checkpoint_weights(state, weights, checkpoint)
+    num_classes = model_state["net.fc.weight"].shape[0]
+    model = build_classifier(replace(cfg, model=replace(cfg.model, weights=None)), num_classes)
+    model.load_state_dict(model_state)
+    metrics: dict[str, float] = {}
+    best = state.get("hooks", {}).get(BestCheckpoint.__name__, {})
+    metric = cfg.train.save_best
+    at_best = metric is not None and best.get("best_at") == state["iteration"]
+    if at_best and metric.startswith("ema/") == (used == "ema"):
+        metrics[metric.removeprefix("ema/")] = best["best"]
+    run = checkpoint.resolve().parent
+    return register_weights(cfg, model, metrics, run, tag=tag, force=force), used
+
+
 def register_weights(
-    cfg: ClsExperiment, model: Classifier, metrics: dict[str, float], out_dir: Path
+    cfg: ClsExperiment,
+    model: Classifier,
+    metrics: dict[str, float],
+    out_dir: Path,
+    *,
+    tag: str | None = None,
+    force: bool = True,
 ) -> str:
-    """Add the trained network to the weight store, tagged with the run folder's name."""
+    """Add the trained network to the weight store, tagged ``tag`` or the run folder's name."""
     from resdet.models.weights import add_weights
 
     spec = get_spec(cfg.model.name)
-    tag = out_dir.resolve().name
+    tag = tag or out_dir.resolve().name
     net = model.net
     entry = add_weights(
         spec.name,
@@ -218,7 +266,7 @@ def register_weights(
         dataset=cfg.data.dataset,
         metrics=metrics,
         source=f"resdet train-cls, run {out_dir.resolve()}",
-        force=True,
+        force=force,
     )
     return entry.tag
 

@@ -11,7 +11,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -214,6 +214,31 @@ def with_ema_metrics(
         return {**evaluate(model), **averaged}
 
     return both
+
+
+WeightChoice = Literal["auto", "ema", "raw"]
+
+
+def checkpoint_weights(
+    state: Mapping[str, Any], choice: WeightChoice, path: Path
+) -> tuple[dict[str, torch.Tensor], str]:
+    """The model state to take from checkpoint ``state`` (read from ``path``), and which it is.
+
+    ``auto``: the weight average (``train.ema``) when the run kept one, else the trained
+    weights; ``ema`` requires the average; ``raw``: the trained weights. Returns the state dict
+    and ``"ema"`` or ``"raw"``.
+    """
+    if choice not in ("auto", "ema", "raw"):
+        raise ValueError(f"weights {choice!r}: choose auto, ema or raw")
+    averaged = state.get("hooks", {}).get(ModelEMA.__name__, {}).get("weights")
+    if choice == "raw" or (choice == "auto" and averaged is None):
+        return state["model"], "raw"
+    if averaged is None:
+        raise ValueError(
+            f"{path} holds no averaged weights (its run had train.ema: 0); take the trained "
+            "ones with --weights raw (or auto)"
+        )
+    return averaged, "ema"
 
 
 def find_ema(trainer: Trainer) -> ModelEMA | None:

@@ -6,13 +6,14 @@ import shutil
 import cv2
 import pytest
 import torch
-from cli_helpers import invoke, runner
+from cli_helpers import invoke, output_text, runner
 
 from resdet.cli import app
 from resdet.data import build_cls_dataset
 from resdet.data.synthetic import write_bright_dark_folder, write_tiny_cifar10
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.models.api import create_model
+from resdet.models.export import load_exported, read_metadata
 
 FAST = ["--workers", "0", "--device", "cpu", "--no-amp"]
 
@@ -97,6 +98,21 @@ def test_cifar_run_eval_and_exact_resume(tmp_path):
         assert refused.exit_code == 2 and "cifar10 is tested on its single view" in refused.output
         assert flag in " ".join(refused.output.split())
 
+    # The ONNX export takes raw RGB in [0, 1] (its mean image inside) and gives the same logits.
+    exported = output_text(invoke("export", "--checkpoint", whole / "last.pt"))
+    assert f"cifar_resnet20 (raw weights) -> {whole / 'last.onnx'}" in exported
+    assert exported.count("check, input") == 2
+    assert read_metadata(whole / "last.onnx", "onnx")["class_names"][:2] == [
+        "airplane",
+        "automobile",
+    ]
+    raw = torch.from_numpy(test_set.images).permute(0, 3, 1, 2).float() / 255
+    (logits,) = load_exported(whole / "last.onnx", "onnx")(raw)
+    with torch.no_grad():
+        assert (logits - net(images)).abs().max() < 1e-4
+    refused = runner.invoke(app, ["export", "--checkpoint", str(whole / "last.pt"), "--dynamic"])
+    assert refused.exit_code == 2 and "take 32x32 inputs only" in output_text(refused)
+
     invoke("plot", whole, half, "--out", tmp_path / "curves.png")
     # resdet.viz.plot_curves draws 7 x 4.5 inches at 120 dpi.
     assert cv2.imread(str(tmp_path / "curves.png")).shape == (540, 840, 3)
@@ -152,6 +168,27 @@ def test_folder_run_learns_and_registers_weights(tmp_path):
     metrics = json.loads(scores.read_text())
     assert {"top1_err", "top1_err_10crop", "top1_err_multiscale"} <= set(metrics)
     assert metrics["top1_err_multiscale"] < 0.5  # the trained net, whole images at 224-640 px
+
+    # Exported, the averaged weights make the same predictions on the test images, resized
+    # and cropped as its metadata says (here 32 px: nothing to do) and given in [0, 1].
+    exported = output_text(
+        invoke("export", "--checkpoint", out / "last.pt", "--format", "torchscript")
+    )
+    assert "(ema weights)" in exported
+    model_file = out / "last.torchscript.pt"
+    metadata = read_metadata(model_file, "torchscript")
+    assert metadata["class_names"] == ["bright", "dark"]
+    assert metadata["preprocessing"]["mean"] == [0.485, 0.456, 0.406]
+    test_set = build_cls_dataset(f"folder:{data}", None, "val", train=False)
+    pixels = torch.stack([test_set[i][0].pixels for i in range(len(test_set))])
+    labels = torch.tensor([test_set[i][1] for i in range(len(test_set))])
+    (logits,) = load_exported(model_file, "torchscript")(pixels.float() / 255)
+    wrong = (logits.argmax(1) != labels).float().mean().item()
+    assert wrong == pytest.approx(final["ema/top1_err"])
+
+    # The weight store takes the checkpoint too, averaged weights first.
+    added = output_text(invoke("weights", "add", out / "last.pt", "--tag", "again"))
+    assert added == f"added the ema weights of {out / 'last.pt'} as again"
 
 
 def test_bad_input_is_named(tmp_path):
@@ -247,6 +284,12 @@ def test_folder_run_resumes_exactly_whoever_decodes(tmp_path, decode):
     assert best and load_checkpoint(whole / "best.pt")["iteration"] == best[-1]["iter"]
     assert "top-1 err" in invoke("eval", "--checkpoint", whole / "best.pt").stdout
     assert any((whole / "tb").glob("events.out.tfevents.*"))
+    if decode == "cpu":  # the weight store takes best.pt with its metric; no EMA to insist on
+        invoke("weights", "add", whole / "best.pt", "--tag", "best")
+        (entry,) = json.loads(invoke("weights", "list", "--json").stdout)
+        assert entry["metrics"] == {"top1_err": best[-1]["value"]}
+        refused = runner.invoke(app, ["weights", "add", str(whole / "best.pt"), "--weights", "ema"])
+        assert refused.exit_code == 2 and "holds no averaged weights" in output_text(refused)
 
 
 def test_a_best_metric_the_run_does_not_report_is_refused_before_training(tmp_path):

@@ -4,11 +4,12 @@ import json
 
 import pytest
 from cli_helpers import TINY_DET as TINY
-from cli_helpers import invoke, runner
+from cli_helpers import invoke, output_text, runner
 
 from resdet.cli import app
 from resdet.data.synthetic import write_tiny_coco, write_tiny_voc
 from resdet.evaluation.coco import STAT_NAMES
+from resdet.models.export import read_metadata
 from resdet.models.weights import find_weights
 
 
@@ -73,6 +74,20 @@ def test_coco_train_eval_predict_resume(tmp_path, head, task):
         "0",
     )
     assert (tmp_path / "pred" / f"{image.stem}_pred.png").is_file()
+
+    fmt, suffix = ("onnx", ".onnx") if head == "c4" else ("torchscript", ".torchscript.pt")
+    exported = invoke(
+        "export", "--checkpoint", out / "last.pt", "--format", fmt, "--check-image", image
+    )
+    kind = "Mask R-CNN" if task == "segm" else "Faster R-CNN"
+    assert f"resnet18-{head} {kind} (raw weights) -> {out / f'last{suffix}'}" in output_text(
+        exported
+    )
+    # the random image, the same transposed, a grey one, and the image given
+    assert output_text(exported).count("check, input") == 4
+    metadata = read_metadata(out / f"last{suffix}", fmt)
+    assert metadata["class_names"] == ["square", "circle", "triangle"]
+    assert metadata["preprocessing"]["resize"].startswith("inside the model: shorter side to 120")
 
 
 def test_voc_train_and_voc_tables(tmp_path):
