@@ -123,8 +123,9 @@ def export_checkpoint(
                 f"{path} differs from the PyTorch model by more than the tolerances "
                 f"({', '.join(f'{k} {v:g}' for k, v in TOLERANCES.items())}): "
                 + "; ".join(c.describe() for c in checks)
-                + ". The file is kept for inspection; please report this with the checkpoint's "
-                "config"
+                + ". The file is kept for inspection. Float sums in another order differ more "
+                "in untrained networks (random weights magnify them with depth and image "
+                "size); for a trained one, please report this with the checkpoint's config"
             )
     return ExportResult(path, fmt, used, metadata, checks)  # type: ignore[arg-type]
 

@@ -158,8 +158,9 @@ def read_metadata(path: Path, fmt: Format) -> dict[str, Any]:
 
 
 def load_exported(path: Path, fmt: Format) -> Callable[[Tensor], tuple[Tensor, ...]]:
-    """A function running the exported file on CPU: onnxruntime for ONNX, ``torch.jit.load``
-    for TorchScript (a file resdet wrote: TorchScript archives hold code)."""
+    """A function running the exported file on CPU, with torch's number of threads:
+    onnxruntime for ONNX, ``torch.jit.load`` for TorchScript (a file resdet wrote: TorchScript
+    archives hold code)."""
     if fmt == "torchscript":
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_JIT_DEPRECATION)
@@ -172,7 +173,12 @@ def load_exported(path: Path, fmt: Format) -> Callable[[Tensor], tuple[Tensor, .
 
         return run_torchscript
     ort = _require("onnxruntime")
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    # torch's thread count (resdet's thread plan), and no spinning between runs: onnxruntime's
+    # idle threads would otherwise keep the cores busy for whatever the process runs next.
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
 
     def run_onnx(x: Tensor) -> tuple[Tensor, ...]:

@@ -13,7 +13,7 @@ from resdet.data import build_cls_dataset
 from resdet.data.synthetic import write_bright_dark_folder, write_tiny_cifar10
 from resdet.engine.checkpoint import load_checkpoint
 from resdet.models.api import create_model
-from resdet.models.export import load_exported, read_metadata
+from resdet.models.export import TOLERANCES, load_exported, read_metadata
 
 FAST = ["--workers", "0", "--device", "cpu", "--no-amp"]
 
@@ -58,7 +58,7 @@ def train_cifar(data, out, iters, *extra):
     )
 
 
-def test_cifar_run_eval_and_exact_resume(tmp_path):
+def test_cifar_run_eval_and_exact_resume(tmp_path, monkeypatch):
     data = write_tiny_cifar10(tmp_path / "cifar")
     whole, half = tmp_path / "whole", tmp_path / "half"
     train_cifar(data, whole, 6)
@@ -112,6 +112,10 @@ def test_cifar_run_eval_and_exact_resume(tmp_path):
         assert (logits - net(images)).abs().max() < 1e-4
     refused = runner.invoke(app, ["export", "--checkpoint", str(whole / "last.pt"), "--dynamic"])
     assert refused.exit_code == 2 and "take 32x32 inputs only" in output_text(refused)
+    monkeypatch.setitem(TOLERANCES, "logits", -1.0)  # any difference, even none, is too much
+    refused = runner.invoke(app, ["export", "--checkpoint", str(whole / "last.pt")])
+    assert refused.exit_code == 2
+    assert f"{whole / 'last.onnx'} differs from the PyTorch model" in output_text(refused)
 
     invoke("plot", whole, half, "--out", tmp_path / "curves.png")
     # resdet.viz.plot_curves draws 7 x 4.5 inches at 120 dpi.
