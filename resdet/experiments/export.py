@@ -121,7 +121,8 @@ def export_checkpoint(
         if not all(c.within_tolerance() for c in checks):
             raise ValueError(
                 f"{path} differs from the PyTorch model by more than the tolerances "
-                f"({', '.join(f'{k} {v:g}' for k, v in TOLERANCES.items())}): "
+                f"({', '.join(f'{k} {v:g}' for k, v in TOLERANCES.items())}; logits relative "
+                "to the largest one above 1): "
                 + "; ".join(c.describe() for c in checks)
                 + ". The file is kept for inspection. Float sums in another order differ more "
                 "in untrained networks (random weights magnify them with depth and image "

@@ -107,6 +107,11 @@ def test_differences_and_other_shapes_are_reported():
     (check,) = check_export(module, lambda x: (x.flatten(1) + 1e-3,), [x])
     assert check.max_diff["logits"] == pytest.approx(1e-3, rel=1e-3)
     assert not check.within_tolerance() and TOLERANCES["logits"] < 1e-3
+    # large logits are judged relative to their size: float32 steps are 6e-5 at 1000
+    big = torch.full((2, 3, 1, 1), 1000.0)
+    (large,) = check_export(module, lambda x: (x.flatten(1) + 1e-2,), [big])
+    assert large.allowed["logits"] == pytest.approx(TOLERANCES["logits"] * 1000)
+    assert large.within_tolerance()
     with pytest.raises(ValueError, match=r"logits has shape \[2, 2\], PyTorch's \[2, 3\]"):
         check_export(module, lambda x: (x.flatten(1)[:, :2],), [x])
 
