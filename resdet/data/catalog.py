@@ -23,7 +23,15 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from resdet.data.options import DEFAULT_SIZES, DEFAULT_VIEWS, ClsViews, DecodeDevice, DetSizes
+from resdet.data.options import (
+    DEFAULT_AUGMENT,
+    DEFAULT_SIZES,
+    DEFAULT_VIEWS,
+    ClsAugment,
+    ClsViews,
+    DecodeDevice,
+    DetSizes,
+)
 from resdet.registry import Registry
 
 __all__ = [
@@ -113,6 +121,7 @@ def build_cls_dataset(
     download: bool = False,
     decode: DecodeDevice = "cpu",
     strict: bool = False,
+    augment: ClsAugment = DEFAULT_AUGMENT,
 ) -> Dataset:
     """A classification dataset by registered name (``cifar10``, ``imagenet``, ``digits``,
     ``folder:PATH``, ...).
@@ -125,8 +134,8 @@ def build_cls_dataset(
     JPEGs are decoded on the training device, ``ImageFolderDataset``) apply to imagenet and
     folder sets, ``val_size`` and ``download`` to cifar10 (an entry's ``options`` say which); one
     that a set does not use is an error unless it has its default value (``CLS_OPTIONS``).
-    ``strict`` makes an unreadable image an error rather than a counted skip (every set takes
-    it). Every dataset has ``num_classes`` and ``class_names`` and yields ``(image, label)``
+    ``strict`` makes an unreadable image an error rather than a counted skip, and ``augment``
+    adds the modern recipes' per-sample transforms to training (every set takes both). Every dataset has ``num_classes`` and ``class_names`` and yields ``(image, label)``
     samples (docs/design.md#samples-seeds-and-resuming).
     """
     entry, path = find_dataset(CLS_DATASETS, name)
@@ -143,7 +152,10 @@ def build_cls_dataset(
                 f"{', '.join(users)}; drop it or keep its default"
             )
     used = {option: options[option] for option in entry.options}
-    return entry.build(path, _root(name, entry, root), split, train=train, strict=strict, **used)
+    dataset = entry.build(path, _root(name, entry, root), split, train=train, strict=strict, **used)
+    if augment.active and train:
+        dataset.use_augment(augment)
+    return dataset
 
 
 def _changed(option: str, value: Any) -> str:
@@ -162,7 +174,7 @@ def _changed(option: str, value: Any) -> str:
 CLS_OPTIONS: dict[str, Any] = {
     name: parameter.default
     for name, parameter in inspect.signature(build_cls_dataset).parameters.items()
-    if parameter.kind is parameter.KEYWORD_ONLY and name not in ("train", "strict")
+    if parameter.kind is parameter.KEYWORD_ONLY and name not in ("train", "strict", "augment")
 }
 
 

@@ -8,7 +8,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from resdet.data.augment import SampleAugment
 from resdet.data.cls_transforms import pad_crop_flip, parse_key, subtract_mean_image, to_chw_tensor
+from resdet.data.options import ClsAugment
 from resdet.data.safe_pickle import load_data_pickle
 
 BATCHES_DIR = "cifar-10-batches-py"
@@ -112,6 +114,14 @@ class SmallImageSet(Dataset):
     labels: np.ndarray
     mean_image: np.ndarray
     augment: bool
+    # data.augment's transforms, training only: the policy on the uint8 image before the
+    # paper's crop (whose padding stays the mean), erasing on the normalised one (to 0, the mean)
+    extra: SampleAugment | None = None
+
+    def use_augment(self, cfg: ClsAugment) -> None:
+        """Add ``cfg``'s transforms to the training augmentation (a no-op when off)."""
+        if cfg.active and self.augment:
+            self.extra = SampleAugment(cfg, 0.0)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -119,10 +129,17 @@ class SmallImageSet(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
         """``key``: index or ``(index, seed)`` (docs/design.md#samples-seeds-and-resuming)."""
         index, rng = parse_key(key, len(self))
-        image = subtract_mean_image(self.images[index], self.mean_image)
+        pixels = self.images[index]
+        if self.extra is not None:
+            chw = self.extra.policy(torch.from_numpy(pixels).permute(2, 0, 1), rng)
+            pixels = chw.permute(1, 2, 0).numpy()
+        image = subtract_mean_image(pixels, self.mean_image)
         if self.augment:
             image = pad_crop_flip(image, rng, pad=4, flip=self.flip)
-        return to_chw_tensor(image), int(self.labels[index])
+        sample = to_chw_tensor(image)
+        if self.extra is not None:
+            sample = self.extra.erase(sample, rng)
+        return sample, int(self.labels[index])
 
 
 class Cifar10(SmallImageSet):

@@ -8,6 +8,7 @@ tensors the models take.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import cv2
@@ -149,19 +150,57 @@ def source_region(h: int, w: int, window: Window, crop: int) -> tuple[int, int, 
     return y0, min(h, y0 + round(crop * sy)), x0, min(w, x0 + round(crop * sx))
 
 
-def resized_window(image: np.ndarray, window: Window, crop: int) -> np.ndarray:
-    """``window`` of ``image`` as ``[crop, crop, C]``: its ``source_region`` resized (shrinking
-    antialiased by ``shrink``, enlarging bilinear), mirrored if ``window.flip``."""
-    h, w = image.shape[:2]
-    y0, y1, x0, x1 = source_region(h, w, window, crop)
-    region = image[y0:y1, x0:x1]
-    if region.shape[:2] == (crop, crop):
-        view = region
-    elif window.size < min(h, w):
-        view = shrink(region, crop, crop)
+Region = tuple[int, int, int, int]  # y0, y1, x0, x1: source pixels, ends exclusive
+
+
+def draw_random_resized_region(
+    h: int,
+    w: int,
+    rng: np.random.Generator,
+    area_range: tuple[float, float] = (0.08, 1.0),
+    ratio_range: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Region:
+    """torchvision's ``RandomResizedCrop.get_params`` with ``rng``: up to 10 draws of an area
+    fraction (uniform in ``area_range``) and an aspect ratio (log-uniform in ``ratio_range``,
+    width / height) until the rounded region fits, else the largest central region whose
+    aspect ratio is within range."""
+    area = h * w
+    log_low, log_high = math.log(ratio_range[0]), math.log(ratio_range[1])
+    for _ in range(10):
+        target = area * rng.uniform(*area_range)
+        ratio = math.exp(rng.uniform(log_low, log_high))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+            return top, top + ch, left, left + cw
+    if w / h < ratio_range[0]:
+        cw, ch = w, round(w / ratio_range[0])
+    elif w / h > ratio_range[1]:
+        cw, ch = round(h * ratio_range[1]), h
     else:
-        view = cv2.resize(region, (crop, crop), interpolation=cv2.INTER_LINEAR)
-    return view[:, ::-1] if window.flip else view
+        cw, ch = w, h
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return top, top + ch, left, left + cw
+
+
+def resized_region(image: np.ndarray, region: Region, crop: int, flip: bool) -> np.ndarray:
+    """``region`` of uint8 ``image`` [H, W, C] resized to ``[crop, crop, C]``, mirrored if
+    ``flip``: bilinear, antialiased where it shrinks (torchvision's ``RandomResizedCrop`` on
+    tensors)."""
+    y0, y1, x0, x1 = region
+    view = image[y0:y1, x0:x1]
+    if view.shape[0] <= crop and view.shape[1] <= crop and view.shape[:2] != (crop, crop):
+        view = cv2.resize(view, (crop, crop), interpolation=cv2.INTER_LINEAR)  # enlarging only
+    elif view.shape[:2] != (crop, crop):
+        view = shrink(view, crop, crop)  # antialiasing acts on the shrinking axes only
+    return view[:, ::-1] if flip else view
+
+
+def resized_window(image: np.ndarray, window: Window, crop: int) -> np.ndarray:
+    """``window`` of ``image`` as ``[crop, crop, C]``: its ``source_region`` resized
+    (``resized_region``), mirrored if ``window.flip``."""
+    region = source_region(*image.shape[:2], window, crop)
+    return resized_region(image, region, crop, window.flip)
 
 
 def ten_crop(image: np.ndarray, size: int) -> np.ndarray:

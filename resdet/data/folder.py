@@ -12,22 +12,25 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from resdet.data.augment import SampleAugment
 from resdet.data.cls_transforms import (
-    Window,
+    IMAGENET_MEAN,
+    Region,
     center_window,
+    draw_random_resized_region,
     draw_train_window,
     lighting_shift,
     normalized_chw,
     parse_key,
     resize_short_side,
-    resized_window,
+    resized_region,
     source_region,
     ten_crop,
     to_chw_tensor,
 )
 from resdet.data.device_input import EncodedImage, RawImages
 from resdet.data.images import SkipCounter, decode_rgb, first_readable, unreadable_error
-from resdet.data.options import DEFAULT_VIEWS, ClsViews, DecodeDevice
+from resdet.data.options import DEFAULT_VIEWS, ClsAugment, ClsViews, DecodeDevice
 
 # torchvision's IMG_EXTENSIONS: what torchvision.datasets.ImageFolder accepts.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -131,6 +134,7 @@ class ImageFolderDataset(Dataset):
         self.decode = "cpu" if views.test_time_only else decode
         self.strict = strict
         self._skips = SkipCounter()
+        self.augment: SampleAugment | None = None  # use_augment
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -187,12 +191,34 @@ class ImageFolderDataset(Dataset):
             data = data if decode_rgb(path) is not None else None
         return (data, (height, width)) if data is not None else self._unreadable(path)
 
-    def _window(self, h: int, w: int, rng: np.random.Generator) -> Window:
-        """The training view's draws, or the centre view, of an ``h x w`` image."""
-        views = self.views
+    def use_augment(self, cfg: ClsAugment) -> None:
+        """Add ``cfg``'s transforms to the training augmentation (a no-op when off)."""
+        if self.train and cfg.active and self.decode == "gpu":
+            raise ValueError(
+                "data.augment transforms decoded images in the workers, which data.decode=gpu "
+                "leaves undecoded: use data.decode=cpu with it"
+            )
+        if self.train and cfg.active:
+            # erased to ImageNet's mean colour, which the device normalisation maps to about 0
+            self.augment = SampleAugment(cfg, [round(255 * m) for m in IMAGENET_MEAN])
+
+    @property
+    def crop(self) -> int:
+        """The side of this split's square views."""
+        return self.views.crop if self.train else self.views.eval_crop
+
+    def _view(self, h: int, w: int, rng: np.random.Generator) -> tuple[Region, bool]:
+        """The training view's draws, or the centre view, of an ``h x w`` image: the source
+        region it covers and whether it is mirrored."""
+        views, crop = self.views, self.crop
+        if self.train and views.train_crop == "random_resized":
+            region = draw_random_resized_region(h, w, rng, views.area_range)
+            return region, bool(rng.random() < 0.5)
         if self.train:
-            return draw_train_window(h, w, rng, views.train_scale, views.crop)
-        return center_window(h, w, views.test_size, views.crop)
+            window = draw_train_window(h, w, rng, views.train_scale, crop)
+        else:
+            window = center_window(h, w, views.test_size, crop)
+        return source_region(h, w, window, crop), window.flip
 
     def _lighting(self, rng: np.random.Generator) -> torch.Tensor:
         """The view's PCA lighting offset, drawn after its window (zeros at test time)."""
@@ -205,14 +231,14 @@ class ImageFolderDataset(Dataset):
     ) -> EncodedImage:
         """The training or centre view of file bytes ``data`` (an ``shape`` image) as an
         ``EncodedImage``, with the random draws of ``transform``, in the same order."""
-        (h, w), crop = shape, self.views.crop
-        window = self._window(h, w, rng)
+        (h, w), crop = shape, self.crop
+        (y0, y1, x0, x1), flip = self._view(h, w, rng)
         return EncodedImage(
             data=torch.from_numpy(data),
-            region=torch.tensor(source_region(h, w, window, crop)),
+            region=torch.tensor((y0, y1, x0, x1)),
             crop=crop,
-            antialias=window.size < min(h, w),
-            flip=window.flip,
+            antialias=y1 - y0 > crop or x1 - x0 > crop,  # shrinking along some axis
+            flip=flip,
             shift=self._lighting(rng),
             path=str(self.path(index)),
         )
@@ -228,11 +254,14 @@ class ImageFolderDataset(Dataset):
         if views.test_scales:
             return [normalized_chw(resize_short_side(image, size)) for size in views.test_scales]
         if views.ten_crop:
-            crops = ten_crop(resize_short_side(image, views.test_size), views.crop)
+            crops = ten_crop(resize_short_side(image, views.test_size), views.eval_crop)
             return RawImages(torch.from_numpy(crops), torch.zeros(3))
-        window = self._window(*image.shape[:2], rng)
-        view = resized_window(image, window, views.crop)
-        return RawImages(to_chw_tensor(view), self._lighting(rng))
+        region, flip = self._view(*image.shape[:2], rng)
+        view = to_chw_tensor(resized_region(image, region, self.crop, flip))
+        shift = self._lighting(rng)
+        if self.augment is not None:  # torchvision's order: policy after the crop, erasing last
+            view = self.augment.erase(self.augment.policy(view, rng), rng)
+        return RawImages(view, shift)
 
 
 def _split_folder(root: Path, split: str, layout: str) -> Path:

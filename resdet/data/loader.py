@@ -97,6 +97,7 @@ class TrainLoader:
         rank, world_size: this process's shard (see ``ResumableSampler``).
         pin_memory: page-locked host batches for faster, asynchronous copies to CUDA.
         shuffle: shuffle each epoch (a fixed order is only useful for debugging).
+        repeats: repeated augmentation, each sample this many times in a row (ResumableSampler).
 
     One DataLoader serves the whole stream, so its workers start once and keep prefetching
     across epoch boundaries and while the trainer evaluates; a new epoch only reshuffles the
@@ -119,6 +120,7 @@ class TrainLoader:
         world_size: int = 1,
         pin_memory: bool = False,
         shuffle: bool = True,
+        repeats: int = 1,
     ) -> None:
         self.dataset = dataset
         self.batch_size = batch_size
@@ -127,7 +129,12 @@ class TrainLoader:
         self.collate_fn = collate_fn
         self.pin_memory = pin_memory
         self.sampler = ResumableSampler(
-            len(dataset), shuffle=shuffle, seed=seed, rank=rank, world_size=world_size
+            len(dataset),
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            repeats=repeats,
         )
         if group_ids is None:
             self.batch_sampler: BatchSampler | GroupedBatchSampler = BatchSampler(

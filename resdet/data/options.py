@@ -26,22 +26,39 @@ class ClsViews:
     """
 
     train_scale: tuple[int, int] = (256, 480)  # pixels, shorter side
-    crop: int = 224  # pixels, square side
+    crop: int = 224  # pixels, square side (of training views; of test views too unless test_crop)
     test_size: int = 256  # pixels, shorter side before the centre or ten crops
     lighting_std: float = 0.1
     ten_crop: bool = False
     test_scales: tuple[int, ...] = ()  # pixels, shorter sides
+    # "scale": the paper's views above; "random_resized": torchvision's RandomResizedCrop (a
+    # region of area fraction in area_range and aspect ratio 3/4..4/3, resized to crop x crop)
+    train_crop: Literal["scale", "random_resized"] = "scale"
+    area_range: tuple[float, float] = (0.08, 1.0)  # random_resized: fraction of the image area
+    test_crop: int = 0  # pixels, square side of test views; 0: crop (train/test resolution)
 
     def __post_init__(self) -> None:
         if self.ten_crop and self.test_scales:
             raise ValueError("choose ten_crop or test_scales (multi-scale testing), not both")
-        if not self.crop <= self.train_scale[0] <= self.train_scale[1]:
+        if (
+            self.train_crop == "scale"
+            and not self.crop <= self.train_scale[0] <= self.train_scale[1]
+        ):
             raise ValueError(
                 f"need crop <= train_scale[0] <= train_scale[1], got {self.crop}, "
                 f"{self.train_scale}"
             )
-        if self.crop > self.test_size:
-            raise ValueError(f"crop {self.crop} must not exceed test_size {self.test_size}")
+        if self.eval_crop > self.test_size:
+            raise ValueError(
+                f"test crop {self.eval_crop} must not exceed test_size {self.test_size}"
+            )
+        if not 0 < self.area_range[0] <= self.area_range[1] <= 1:
+            raise ValueError(f"area_range must satisfy 0 < low <= high <= 1, got {self.area_range}")
+
+    @property
+    def eval_crop(self) -> int:
+        """The square side of test views: ``test_crop``, else the training ``crop``."""
+        return self.test_crop or self.crop
 
     @property
     def test_time_only(self) -> bool:
@@ -50,6 +67,39 @@ class ClsViews:
 
 
 DEFAULT_VIEWS = ClsViews()
+
+
+@dataclass(frozen=True)
+class ClsAugment:
+    """Per-sample augmentation of the modern recipes beyond the views (config ``data.augment``),
+    torchvision.transforms.v2's on uint8 images in the workers, seeded by the sample's seed.
+
+    ``policy``: ``trivialaugment`` (TrivialAugmentWide) or ``randaugment`` (RandAugment with
+    ``num_ops`` operations of ``magnitude`` out of 31 bins); ``random_erasing``: the chance of
+    RandomErasing (its default area 0.02-0.33 and aspect 0.3-3.3), erased to the mean colour,
+    which normalisation maps to 0 as torchvision's value 0 after ``Normalize``.
+    """
+
+    policy: Literal["none", "trivialaugment", "randaugment"] = "none"
+    num_ops: int = 2
+    magnitude: int = 9
+    random_erasing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.random_erasing <= 1:
+            raise ValueError(f"random_erasing is a probability, got {self.random_erasing}")
+        if not 0 <= self.magnitude < 31 or self.num_ops < 1:
+            raise ValueError(
+                f"randaugment needs num_ops >= 1 and magnitude in 0..30, got {self.num_ops}, "
+                f"{self.magnitude}"
+            )
+
+    @property
+    def active(self) -> bool:
+        return self.policy != "none" or self.random_erasing > 0
+
+
+DEFAULT_AUGMENT = ClsAugment()
 
 
 @dataclass(frozen=True)

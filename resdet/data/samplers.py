@@ -83,6 +83,12 @@ class ResumableSampler(Sampler[tuple[int, int]]):
     all ranks, padded by wrapping around to a multiple of ``world_size`` (or truncated when
     ``drop_last``), rank ``r`` taking positions ``r, r + world_size, ...``; so every rank yields
     ``len(self)`` samples. The order depends on ``(seed, epoch)``, never on the rank count.
+
+    ``repeats`` > 1 is repeated augmentation (Hoffer et al. 2020; torchvision's ``RASampler``):
+    each sample of the permutation appears ``repeats`` times in a row, so consecutive ranks get
+    the same image, each repeat with its own seed (its augmentation differs), and each rank
+    still yields ``ceil(size / world_size)`` samples per epoch. torchvision rounds that down to
+    a multiple of 256 / world_size, which would leave nothing of a small set.
     """
 
     def __init__(
@@ -94,7 +100,10 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = False,
+        repeats: int = 1,
     ) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1 (1: no repeated augmentation), got {repeats}")
         if size <= 0:
             raise ValueError(f"ResumableSampler needs a non-empty dataset, got size={size}")
         if not 0 <= rank < world_size:
@@ -109,6 +118,7 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.repeats = repeats
         self.epoch = 0
         if drop_last:
             self.num_samples = size // world_size
@@ -121,20 +131,31 @@ class ResumableSampler(Sampler[tuple[int, int]]):
 
     def indices(self) -> np.ndarray:
         """This rank's dataset indices for the current epoch: int64 [len(self)]."""
+        return self._draws() % self.size
+
+    def _draws(self) -> np.ndarray:
+        """This rank's draws: dataset index + repeat number x size, int64 [len(self)] (a
+        repeat's number keys its own sample seed)."""
         if self.shuffle:
             rng = np.random.default_rng(derive_seed(self.seed, ORDER_STREAM, self.epoch))
             order = rng.permutation(self.size)
         else:
             order = np.arange(self.size)
-        total = self.num_samples * self.world_size
-        if total > self.size:
+        if self.repeats > 1:
+            repeat = np.tile(np.arange(self.repeats), self.size)
+            order = np.repeat(order, self.repeats) + repeat * self.size
+        total = math.ceil(len(order) / self.world_size) * self.world_size
+        if self.drop_last and self.repeats == 1:
+            total = self.num_samples * self.world_size
+        if total > len(order):
             order = np.resize(order, total)  # repeats from the start, like DistributedSampler
-        return order[self.rank : total : self.world_size].astype(np.int64)
+        mine = order[self.rank : total : self.world_size]
+        return mine[: self.num_samples].astype(np.int64)
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = self.indices()
-        seeds = sample_seeds(self.seed, self.epoch, indices)
-        return zip(indices.tolist(), seeds.tolist(), strict=True)
+        draws = self._draws()
+        seeds = sample_seeds(self.seed, self.epoch, draws)
+        return zip((draws % self.size).tolist(), seeds.tolist(), strict=True)
 
     def __len__(self) -> int:
         return self.num_samples

@@ -78,6 +78,7 @@ def build_dataset(
         download=data.download and train,
         decode=data.decode,
         strict=data.strict,
+        augment=data.augment,
     )
 
 
@@ -92,7 +93,7 @@ def build_classifier(cfg: ClsExperiment, num_classes: int) -> Classifier:
         stride_in_1x1=model.stride_in_1x1,
         zero_init_residual=model.zero_init_residual,
     )
-    return Classifier(net)
+    return Classifier(net, loss=cfg.loss, mix=cfg.data.mix)
 
 
 def input_meta(dataset: Dataset) -> dict[str, Any]:
@@ -159,6 +160,7 @@ def train_classifier(
         world_size=distributed.get_world_size(),
         pin_memory=pin,
         collate_fn=collate_cls,
+        repeats=cfg.data.repeated_augment,
     )
     eval_loader = build_eval_loader(
         test_set,

@@ -25,7 +25,7 @@ from resdet.engine.checkpoint import load_checkpoint
 from resdet.engine.ema import ModelEMA
 from resdet.engine.evaluate import AmpMode
 from resdet.engine.hooks import BestCheckpoint, CountedImages, Hook
-from resdet.engine.optim import build_sgd
+from resdet.engine.optim import build_optimizer
 from resdet.engine.schedule import (
     CosineSchedule,
     PlateauSchedule,
@@ -119,13 +119,18 @@ def build_trainer(
     # An iteration is one optimizer step, which consumes grad_accum batches.
     per_epoch = max(1, loader.batches_per_epoch // train.grad_accum)
     max_iters = train.epochs * per_epoch if train.epochs > 0 else train.iters
-    optimizer = build_sgd(
+    optimizer = build_optimizer(
         model,
+        optim.name,
         lr=optim.lr,
         momentum=optim.momentum,
         weight_decay=optim.weight_decay,
         nesterov=optim.nesterov,
-        exclude_norm_and_bias_from_decay=optim.no_decay_norm,
+        betas=optim.betas,
+        eps=optim.eps,
+        # no_decay_norm: neither norm layers nor biases decay, whatever else is set
+        norm_weight_decay=0.0 if optim.no_decay_norm else optim.norm_weight_decay,
+        bias_weight_decay=0.0 if optim.no_decay_norm else optim.bias_weight_decay,
     )
     hooks: list[Hook] = list(extra_hooks)
     if train.ema:

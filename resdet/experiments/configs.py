@@ -9,20 +9,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from resdet.data.options import ClsViews, DecodeDevice, DetSizes
+from resdet.data.options import ClsAugment, ClsViews, DecodeDevice, DetSizes
+from resdet.models.classifier import BatchMix, ClsLoss
 from resdet.models.conventions import RCNNConventions
 from resdet.models.rcnn_settings import RoIHeadSettings, RPNSettings
 
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """SGD and its learning-rate schedule (iterations are optimizer steps)."""
+    """The optimizer and its learning-rate schedule (iterations are optimizer steps)."""
 
+    name: Literal["sgd", "adamw", "lamb"] = "sgd"  # lamb: timm's (pip install "resdet[recipes]")
     lr: float = 0.1
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd
     weight_decay: float = 1e-4
-    nesterov: bool = False
+    nesterov: bool = False  # sgd
+    betas: tuple[float, float] = (0.9, 0.999)  # adamw, lamb
+    eps: float | None = None  # adamw, lamb; None: the optimizer's default
     no_decay_norm: bool = False  # exclude norm layers and biases from weight decay
+    norm_weight_decay: float | None = None  # norm layers' decay; None: weight_decay
+    bias_weight_decay: float | None = None  # biases' decay; None: weight_decay
     schedule: Literal["step", "cosine", "plateau"] = "step"
     steps: tuple[int, ...] = ()  # iterations at which "step" multiplies the lr by gamma
     gamma: float = 0.1
@@ -90,6 +96,11 @@ class ClsDataConfig:
     views: ClsViews = field(default_factory=ClsViews)
     # ImageNet and folder sets: decode JPEGs in the workers (cpu) or on the training device (gpu)
     decode: DecodeDevice = "cpu"
+    # the modern recipes: TrivialAugment / RandAugment / random erasing per sample, mixup and
+    # cutmix per batch, and each sample this many times per epoch (repeated augmentation)
+    augment: ClsAugment = field(default_factory=ClsAugment)
+    mix: BatchMix = field(default_factory=BatchMix)
+    repeated_augment: int = 1
     strict: bool = False  # an unreadable image is an error instead of a counted skip
 
 
@@ -102,6 +113,7 @@ class ClsExperiment:
     data: ClsDataConfig = field(default_factory=ClsDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    loss: ClsLoss = field(default_factory=ClsLoss)  # ce or bce, label smoothing
     register: bool = False  # add the final weights to the weight store (always for ImageNet)
 
     # Keys of earlier resdet versions, still read (with a warning) from files and checkpoints.

@@ -1,6 +1,7 @@
 """End-to-end classification through the CLI on tiny data written in the real formats."""
 
 import json
+import math
 import shutil
 
 import cv2
@@ -306,3 +307,32 @@ def test_a_best_metric_the_run_does_not_report_is_refused_before_training(tmp_pa
     assert "train.save_best='bbox/AP' is not a metric this run evaluates" in message
     assert "top1_err, top5_err" in message
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("recipe", ["imagenet_resnet50_tv_v2", "imagenet_resnet50_rsb_a1"])
+def test_modern_recipes_run_and_resume_exactly(tmp_path, recipe):
+    """torchvision's v2 and RSB A1 settings (random-resized crops, TrivialAugment or
+    RandAugment, erasing, mixup and cutmix, repeated augmentation, label smoothing or BCE, SGD
+    or LAMB) on a small net and set: a run stopped and resumed is the same run."""
+    data = write_bright_dark_folder(tmp_path / "bd", per_class=8)
+    small = [
+        "--config", recipe, "--batch-size", 8, *FAST,
+        "--set", "model.name=cifar_resnet20", "--set", "model.stride_in_1x1=null",
+        "--set", "data.views.crop=32", "--set", "data.views.test_size=36",
+        "--set", "data.views.test_crop=32", "--set", "optim.warmup_iters=2",
+        # a schedule that does not depend on the run's length, so 2 + 2 iterations is 4
+        "--set", "optim.schedule=step", "--set", "optim.steps=[3]",
+        "--set", "train.eval_period=2", "--set", "train.log_period=1",
+        "--set", "train.checkpoint_period=2",
+    ]  # fmt: skip
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    invoke("train-cls", f"folder:{data}", "--out", whole, "--iters", 4, *small)
+    invoke("train-cls", f"folder:{data}", "--out", half, "--iters", 2, *small)
+    invoke("train-cls", f"folder:{data}", "--resume", half / "last.pt", "--iters", 4)
+    rows = untimed(read_rows(whole))
+    assert rows == untimed(read_rows(half))
+    assert all(math.isfinite(r["loss_cls"]) for r in rows if r["type"] == "train")
+    saved = yaml_config(whole)
+    assert (
+        saved["data"]["mix"]["cutmix_alpha"] == 1.0 and saved["data"]["augment"]["policy"] != "none"
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from resdet.engine.optim import build_sgd
@@ -51,3 +52,24 @@ def test_frozen_parameters_are_left_out() -> None:
     net.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         build_sgd(net, lr=0.1)
+
+
+def test_norm_and_bias_decay_are_set_apart_and_the_recipe_optimizers_are_built():
+    from timm.optim import Lamb
+
+    from resdet.engine.optim import build_optimizer, decay_groups
+
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Linear(4, 2)
+    )
+    groups = {
+        g["weight_decay"]: len(g["params"])
+        for g in decay_groups(net, 1e-4, norm_weight_decay=0.0, bias_weight_decay=5e-5)
+    }
+    assert groups == {1e-4: 2, 5e-5: 2, 0.0: 2}  # conv and linear weights; their biases; BN's
+    assert len(decay_groups(net, 1e-4)) == 1
+    adamw = build_optimizer(net, "adamw", lr=1e-3, weight_decay=0.05)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["eps"] == 1e-8
+    assert isinstance(build_optimizer(net, "lamb", lr=5e-3, weight_decay=0.01), Lamb)
+    with pytest.raises(ValueError, match="choose one of sgd, adamw, lamb"):
+        build_optimizer(net, "adam", lr=1e-3, weight_decay=0.0)

@@ -197,3 +197,20 @@ def test_workers_do_not_deadlock_after_the_parent_used_opencv_threads() -> None:
         _WorkerSettings(), batch_size=None, num_workers=2, worker_init_fn=init_worker, timeout=60
     )
     assert len(list(loader)) == 1
+
+
+def test_repeated_augmentation_deals_each_sample_to_consecutive_ranks_with_its_own_seeds():
+    size, repeats, world = 10, 3, 2
+    samplers = [
+        ResumableSampler(size, seed=1, rank=r, world_size=world, repeats=repeats) for r in range(2)
+    ]
+    per_rank = [list(s) for s in samplers]
+    assert [len(items) for items in per_rank] == [5, 5]  # ceil(size / world) each, as without
+    # interleaved back, the stream is the permutation with each index three times in a row
+    stream = [item for pair in zip(*per_rank, strict=True) for item in pair]
+    indices = [index for index, _ in stream]
+    assert indices[0:3] == [indices[0]] * 3 and indices[3:6] == [indices[3]] * 3
+    # the repeats of one image get different augmentation seeds
+    assert len({seed for _, seed in stream[0:3]}) == 3
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        ResumableSampler(size, repeats=0)
