@@ -169,13 +169,13 @@ def _classifier_plan(
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         views = cfg.data.views
-        size = tuple(image_size) if image_size else (views.crop, views.crop)
+        size = tuple(image_size) if image_size else (views.eval_crop, views.eval_crop)
         preprocessing = {
             "normalisation": "inside the model: (x - mean) / std per channel",
             "mean": list(IMAGENET_MEAN),
             "std": list(IMAGENET_STD),
             "resize": f"shorter side to {views.test_size} px (bilinear, antialiased), then the "
-            f"centre {views.crop}x{views.crop} crop",
+            f"centre {views.eval_crop}x{views.eval_crop} crop",
         }
     axes = {0: "batch", 2: "height", 3: "width"} if dynamic else {0: "batch"}
     generator = torch.Generator().manual_seed(SEED)
