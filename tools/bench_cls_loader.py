@@ -44,7 +44,7 @@ from resdet.data import cls_transforms as T
 from resdet.data.cifar import Cifar10
 from resdet.data.folder import ImageFolderDataset
 from resdet.data.loader import init_worker
-from resdet.data.options import ClsViews
+from resdet.data.options import ClsAugment, ClsViews
 
 
 def write_cifar(root: Path, num_images: int) -> None:
@@ -223,15 +223,83 @@ def compare_training(folder: Path, rounds: int) -> list[tuple[str, float, float]
     ]
 
 
+def augmentation_pipelines(folder: Path, cifar: Path) -> dict[str, Callable[[], object]]:
+    """resdet's training samples without and with ``data.augment`` (each a function producing
+    one sample of every file), and torchvision v2's TrivialAugment pipeline for reference."""
+    tv_views = ClsViews(train_crop="random_resized", lighting_std=0)
+    sets = {
+        "paper views (scale 256-480, crop 224, lighting)": ImageFolderDataset(folder, train=True),
+        "random-resized crop 224, flip": ImageFolderDataset(folder, train=True, views=tv_views),
+    }
+    for name, augment in (
+        ("  + TrivialAugmentWide", ClsAugment(policy="trivialaugment")),
+        ("  + RandAugment (2 ops, magnitude 9)", ClsAugment(policy="randaugment")),
+        ("  + TrivialAugmentWide + erasing 0.1", ClsAugment("trivialaugment", random_erasing=0.1)),
+    ):
+        sets[name] = ImageFolderDataset(folder, train=True, views=tv_views)
+        sets[name].use_augment(augment)
+    plain = next(iter(sets.values()))
+    paths = [plain.path(i) for i in range(len(plain))]
+    reference = v2.Compose(
+        [
+            v2.RandomResizedCrop(224, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.TrivialAugmentWide(),
+        ]
+    )
+    small = Cifar10(cifar, "train", augment=True)
+    small_ta = Cifar10(cifar, "train", augment=True)
+    small_ta.use_augment(ClsAugment(policy="trivialaugment"))
+    pipelines: dict[str, Callable[[], object]] = {
+        name: (lambda d=d: [d[(i, i)] for i in range(len(d))]) for name, d in sets.items()
+    }
+    pipelines["torchvision v2 RandomResizedCrop, flip, TrivialAugmentWide (uint8)"] = lambda: [
+        reference(decode_jpeg(read_file(str(p)))) for p in paths
+    ]
+    # as many CIFAR samples as JPEGs, so that every row's rate is per sample
+    for name, d in (("CIFAR-10 pad-crop-flip", small), ("CIFAR-10 + TrivialAugmentWide", small_ta)):
+        pipelines[name] = lambda d=d: [d[(i, i)] for i in range(len(paths))]
+    return pipelines
+
+
+def compare_augmentation(folder: Path, cifar: Path, rounds: int) -> list[tuple[str, float, float]]:
+    """``(name, median img/s per CPU s, median ratio of its time to the first pipeline's)``,
+    timed in alternating rounds; CIFAR rows are relative to plain CIFAR."""
+    pipelines = augmentation_pipelines(folder, cifar)
+    count = len(ImageFolderDataset(folder, train=True))
+    rates: dict[str, list[float]] = {name: [] for name in pipelines}
+    for _ in range(rounds):
+        for name, work in pipelines.items():
+            rates[name].append(rate(count, work, clock=time.process_time))
+    names = list(pipelines)
+    rows = []
+    for name, values in rates.items():
+        base = rates[names[-2]] if name.startswith("CIFAR") else rates[names[0]]
+        cost = statistics.median(b / v for b, v in zip(base, values, strict=True))
+        rows.append((name, statistics.median(values), cost))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cifar-images", type=int, default=10_000)
     parser.add_argument("--jpegs", type=int, default=200)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--augment-only", action="store_true", help="only the data.augment cost comparison"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
+    if args.augment_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp)
+            write_cifar(root / "cifar", args.cifar_images)
+            write_jpegs(root / "jpegs", args.jpegs)
+            rows = compare_augmentation(root / "jpegs" / "train", root / "cifar", args.rounds)
+        print_augmentation(rows, args.rounds)
+        return
     # Other processes on the machine slow every wall-clock figure: print how busy it was.
     load = os.getloadavg()[0]
     results = []
@@ -284,6 +352,14 @@ def main() -> None:
     width = max(len(name) for name, _ in results)
     for name, value in results:
         print(f"{name:<{width}}  {value:10.0f} img/s")
+
+
+def print_augmentation(rows: list[tuple[str, float, float]], rounds: int) -> None:
+    print(f"data.augment's cost, one training sample per file, decode included ({rounds} rounds):")
+    width = max(len(name) for name, _, _ in rows)
+    print(f"  {'pipeline':<{width}}  img/s per core  time / the plain one")
+    for name, value, cost in rows:
+        print(f"  {name:<{width}}  {value:14.0f}  {cost:19.2f}x")
 
 
 if __name__ == "__main__":

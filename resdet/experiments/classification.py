@@ -42,6 +42,7 @@ from resdet.experiments.common import (
 from resdet.experiments.configs import ClsDataConfig, ClsExperiment
 from resdet.experiments.run_dir import prepare_run_dir
 from resdet.models.api import create_model, get_spec, resolve_variant
+from resdet.models.blocks import set_stochastic_depth
 from resdet.models.classifier import Classifier
 
 # The split each data set is tested on; CIFAR-10 with a held-out part tests on it instead.
@@ -93,6 +94,7 @@ def build_classifier(cfg: ClsExperiment, num_classes: int) -> Classifier:
         stride_in_1x1=model.stride_in_1x1,
         zero_init_residual=model.zero_init_residual,
     )
+    set_stochastic_depth(net, model.drop_path)
     return Classifier(net, loss=cfg.loss, mix=cfg.data.mix)
 
 

@@ -80,6 +80,7 @@ class ClsModelConfig:
     stride_in_1x1: bool | None = None  # None: the paper's layout (stride on the 1x1)
     zero_init_residual: bool = False
     weights: str | None = None  # weight-store tag or .safetensors path to start from
+    drop_path: float = 0.0  # stochastic depth: the last block's drop rate, linear from 0
 
 
 @dataclass(frozen=True)

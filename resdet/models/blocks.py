@@ -61,6 +61,24 @@ def make_shortcut(
     return None
 
 
+def set_stochastic_depth(net: nn.Module, rate: float) -> None:
+    """Stochastic depth (Huang et al. 2016) as timm's ResNets have it (``drop_path_rate``): in
+    training, residual block i of n drops its residual branch for each sample with probability
+    ``rate * i / (n - 1)`` and scales the kept ones by ``1 / (1 - p)`` (torchvision's
+    ``StochasticDepth``, row mode); evaluation is unchanged. No parameters are added, so state
+    dicts are too. ``rate`` 0 removes it."""
+    from torchvision.ops import StochasticDepth
+
+    blocks = [m for m in net.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    if rate and not any(block.residual for block in blocks):
+        raise ValueError("stochastic depth drops residual branches, and a plain net has none")
+    if not 0 <= rate < 1:
+        raise ValueError(f"the stochastic depth rate is in [0, 1), got {rate}")
+    for i, block in enumerate(blocks):
+        p = rate * i / max(len(blocks) - 1, 1)
+        block.drop_path = StochasticDepth(p, "row") if p > 0 else nn.Identity()
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions (paper Fig. 2 left); ``residual=False`` makes the plain counterpart."""
 
@@ -88,6 +106,7 @@ class BasicBlock(nn.Module):
         self.downsample = (
             make_shortcut(in_planes, planes, stride, shortcut, norm_layer) if residual else None
         )
+        self.drop_path: nn.Module = nn.Identity()  # set_stochastic_depth
 
     def last_norm(self) -> nn.Module:
         """The residual branch's last norm layer (zeroed by ``zero_init_residual``)."""
@@ -97,6 +116,7 @@ class BasicBlock(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         if self.residual:
+            out = self.drop_path(out)
             out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 
@@ -135,6 +155,7 @@ class Bottleneck(nn.Module):
         self.downsample = (
             make_shortcut(in_planes, out_planes, stride, shortcut, norm_layer) if residual else None
         )
+        self.drop_path: nn.Module = nn.Identity()  # set_stochastic_depth
 
     def last_norm(self) -> nn.Module:
         """The residual branch's last norm layer (zeroed by ``zero_init_residual``)."""
@@ -145,6 +166,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         if self.residual:
+            out = self.drop_path(out)
             out += x if self.downsample is None else self.downsample(x)
         return self.relu(out)
 

@@ -79,3 +79,29 @@ def test_training_forward_reports_loss_and_error_against_the_main_label():
     model = _classifier(BatchMix(mixup_alpha=0.2))
     out = model(torch.rand(4, 3, 8, 8), torch.tensor([0, 1, 2, 3]))
     assert set(out) == {"loss_cls", "top1_err"} and out["loss_cls"].requires_grad
+
+
+def test_stochastic_depth_rates_rise_linearly_and_leave_evaluation_and_weights_alone():
+    from torchvision.ops import StochasticDepth
+
+    from resdet.models import create_model
+    from resdet.models.blocks import set_stochastic_depth
+
+    torch.manual_seed(0)
+    net = create_model("cifar_resnet20", num_classes=10)
+    keys = set(net.state_dict())
+    x = torch.rand(4, 3, 32, 32)
+    before = net.eval()(x)
+    set_stochastic_depth(net, 0.1)
+    rates = [
+        b.drop_path.p if isinstance(b.drop_path, StochasticDepth) else 0.0
+        for b in (m for m in net.modules() if hasattr(m, "drop_path"))
+    ]
+    assert rates == pytest.approx([0.1 * i / 8 for i in range(9)])  # 9 blocks: timm's rule
+    assert set(net.state_dict()) == keys
+    assert torch.equal(net.eval()(x), before)
+    # in training a dropped branch leaves the block its shortcut: outputs differ between draws
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    with pytest.raises(ValueError, match="plain net has none"):
+        set_stochastic_depth(create_model("cifar_plain20"), 0.1)
