@@ -223,3 +223,50 @@ def test_detectron2_recipes_follow_detectron2s_configs(name, backbone, head, mas
     assert (o.lr, o.steps, cfg.train.iters, cfg.data.batch_size) == (0.02, steps, iters, 16)
     assert (o.warmup, o.warmup_factor, o.weight_decay, o.momentum) == ("linear", 0.001, 1e-4, 0.9)
     assert cfg.train.amp == "fp32"
+
+
+def test_modern_recipes_carry_their_sources_settings():
+    """torchvision's v2 command line and the "ResNet strikes back" A1-A3 table, key for key."""
+    from resdet.experiments.configs import ClsExperiment
+
+    tv = _recipe(ClsExperiment, "cls/imagenet_resnet50_tv_v2")
+    d, o = tv.data, tv.optim
+    assert (d.batch_size, d.views.crop, d.views.test_size, d.views.test_crop) == (
+        1024,
+        176,
+        232,
+        224,
+    )
+    assert (d.views.train_crop, d.augment.policy, d.augment.random_erasing) == (
+        "random_resized", "trivialaugment", 0.1,
+    )  # fmt: skip
+    assert (d.mix.mixup_alpha, d.mix.cutmix_alpha, d.repeated_augment) == (0.2, 1.0, 4)
+    assert (o.name, o.lr, o.weight_decay, o.norm_weight_decay, o.schedule) == (
+        "sgd", 0.5, 2e-5, 0.0, "cosine",
+    )  # fmt: skip
+    assert (tv.loss.label_smoothing, tv.train.iters, o.warmup_iters) == (0.1, 600 * 1251, 5 * 1251)
+    # torchvision's EMA: decay 0.99998 scaled by batch x 32 steps / epochs, every 32 steps
+    per_update = 1 - (1 - 0.99998) * 1024 * 32 / 600
+    assert tv.train.ema == pytest.approx(per_update ** (1 / 32), abs=1e-8)
+
+    table = {  # epochs, lr, weight decay, smoothing, mixup, drop path, repeats, crop, magnitude
+        "a1": (600, 5e-3, 0.01, 0.1, 0.2, 0.05, 3, 224, 7),
+        "a2": (300, 5e-3, 0.02, 0.0, 0.1, 0.05, 3, 224, 7),
+        "a3": (100, 8e-3, 0.02, 0.0, 0.1, 0.0, 1, 160, 6),
+    }
+    for name, row in table.items():
+        cfg = _recipe(ClsExperiment, f"cls/imagenet_resnet50_rsb_{name}")
+        d, o = cfg.data, cfg.optim
+        got = (
+            cfg.train.iters // 625, o.lr, o.weight_decay, cfg.loss.label_smoothing,
+            d.mix.mixup_alpha, cfg.model.drop_path, d.repeated_augment, d.views.crop,
+            d.augment.magnitude,
+        )  # fmt: skip
+        assert got == row, name
+        assert (o.name, cfg.loss.kind, d.batch_size, d.mix.cutmix_alpha) == (
+            "lamb",
+            "bce",
+            2048,
+            1.0,
+        )
+        assert (d.views.test_size, d.views.test_crop, o.warmup_iters) == (236, 224, 5 * 625)

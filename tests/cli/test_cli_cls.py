@@ -336,3 +336,19 @@ def test_modern_recipes_run_and_resume_exactly(tmp_path, recipe):
     assert (
         saved["data"]["mix"]["cutmix_alpha"] == 1.0 and saved["data"]["augment"]["policy"] != "none"
     )
+
+
+def test_modern_pieces_on_small_images_resume_exactly(tmp_path):
+    """digits_modern: TrivialAugment before the pad-and-crop, erasing after normalising,
+    mixup/cutmix, EMA: stopped at 2 and resumed to 4 is the run of 4."""
+    small = [
+        "--config", "digits_modern", "--depth", 20, "--batch-size", 16, *FAST,
+        "--set", "optim.schedule=step", "--set", "optim.steps=[3]",
+        "--set", "optim.warmup_iters=2", "--set", "train.eval_period=2",
+        "--set", "train.log_period=1", "--set", "train.checkpoint_period=2",
+    ]  # fmt: skip
+    whole, half = tmp_path / "whole", tmp_path / "half"
+    invoke("train-cls", "digits", "--out", whole, "--iters", 4, *small)
+    invoke("train-cls", "digits", "--out", half, "--iters", 2, *small)
+    invoke("train-cls", "digits", "--resume", half / "last.pt", "--iters", 4)
+    assert untimed(read_rows(whole)) == untimed(read_rows(half))
