@@ -212,4 +212,8 @@ def build_eval_loader(
         pin_memory=pin_memory,
         worker_init_fn=init_worker,
         persistent_workers=num_workers > 0,
+        # Its own generator: starting workers draws a base seed, which from torch's global one
+        # would shift the training draws (mixup, stochastic depth) of a resumed run, whose
+        # persistent workers start at a different evaluation than the uninterrupted run's.
+        generator=torch.Generator().manual_seed(0),
     )

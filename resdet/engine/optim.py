@@ -49,9 +49,10 @@ def decay_groups(
 ) -> list[dict]:
     """The trainable parameters of ``model`` as optimizer groups by weight decay.
 
-    As torchvision's classification reference (``--norm-weight-decay``,
-    ``--bias-weight-decay``): parameters of normalisation layers take ``norm_weight_decay``,
-    other parameters named ``bias`` take ``bias_weight_decay``, the rest ``weight_decay``;
+    Like torchvision's classification reference (``--norm-weight-decay``,
+    ``--bias-weight-decay``), except that a norm layer's bias takes ``norm_weight_decay``
+    (torchvision gives it the bias rule): parameters of normalisation layers take
+    ``norm_weight_decay``, other biases ``bias_weight_decay``, the rest ``weight_decay``;
     None means ``weight_decay``. Groups with the same decay are merged; empty ones dropped.
     """
     groups: dict[float, list[nn.Parameter]] = {}
