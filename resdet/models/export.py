@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,11 +151,12 @@ def export_module(
 def read_metadata(path: Path, fmt: Format) -> dict[str, Any]:
     """The metadata `export_module` wrote into ``path`` (values decoded from JSON)."""
     if fmt == "torchscript":
-        extra = {METADATA_FILE: ""}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_JIT_DEPRECATION)
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        return json.loads(extra[METADATA_FILE])
+        # The archive is a zip; reading the one entry loads none of its code.
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith(f"/extra/{METADATA_FILE}")]
+            if not names:
+                raise ValueError(f"{path} holds no {METADATA_FILE}: it was not written by resdet")
+            return json.loads(archive.read(names[0]))
     onnx = _require("onnx")
     props = onnx.load(str(path), load_external_data=False).metadata_props
     return {entry.key: _json_or_text(entry.value) for entry in props}
